@@ -1,0 +1,151 @@
+"""Errors raised by accord.
+
+Every error a caller can cause derives from :class:`AccordError` and says
+what was wrong and what to do about it. The hierarchy is drawn by what the
+caller will *do*::
+
+    AccordError
+    +-- ConfigError            fix the configuration or the call (also a ValueError)
+    |   +-- StoreURLError          the store URL cannot be used
+    |   +-- SchemaError            the file is not an accord store, or is too new
+    +-- NotFoundError          the id or name does not exist (also a LookupError)
+    +-- ConflictError          someone else won a race; re-read and decide
+    |   +-- FencedError            this attempt lost its lease; stop side effects
+    +-- StoreError             the store failed; maybe retry
+    |   +-- StorageFullError       the disk is full; free space
+    +-- TaskError              a task did not produce a value
+        +-- TaskFailed             it raised, timed out or crashed
+        +-- TaskCancelled          it was cancelled (also by a failed dependency)
+
+    Retry (Exception)          raised by a task to ask for another attempt
+    WorkerShutdown (BaseException)  stops a task when its node is stopping
+
+Errors pickle and carry structured attributes; ``code`` is stable and
+``status_code`` is what an HTTP front end returns for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AccordError(Exception):
+    """Root of accord's errors."""
+
+    code: ClassVar[str] = "accord_error"
+    status_code: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        for key, value in details.items():
+            setattr(self, key, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.details))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[AccordError], message: str, details: dict[str, Any]) -> AccordError:
+    return cls(message, **details)
+
+
+class ConfigError(AccordError, ValueError):
+    """The configuration or the arguments of a call are invalid."""
+
+    code = "invalid"
+    status_code = 422
+
+
+class StoreURLError(ConfigError):
+    """A store URL names an unknown scheme or an unusable location."""
+
+    code = "bad_store_url"
+
+
+class SchemaError(ConfigError):
+    """The database is not an accord store, or was written by a newer accord."""
+
+    code = "bad_schema"
+
+
+class NotFoundError(AccordError, LookupError):
+    """A task, run, node or key does not exist."""
+
+    code = "not_found"
+    status_code = 404
+
+
+class ConflictError(AccordError):
+    """A write lost a race or its expectation did not hold."""
+
+    code = "conflict"
+    status_code = 409
+
+
+class FencedError(ConflictError):
+    """A write was made for a task attempt that no longer holds its lease."""
+
+    code = "fenced"
+
+
+class StoreError(AccordError):
+    """The store could not complete an operation."""
+
+    code = "store_error"
+    status_code = 503
+
+
+class StorageFullError(StoreError):
+    """The store's disk is full."""
+
+    code = "storage_full"
+    status_code = 507
+
+
+class TaskError(AccordError):
+    """A task did not produce a value."""
+
+    code = "task_error"
+
+
+class TaskFailed(TaskError):
+    """A task raised, timed out or crashed, on its last allowed attempt.
+
+    ``error_type`` is the name of the exception the task raised and
+    ``traceback`` the remote traceback, when there was one.
+    """
+
+    code = "task_failed"
+
+
+class TaskCancelled(TaskError):
+    """A task was cancelled, directly or because a dependency failed."""
+
+    code = "task_cancelled"
+
+
+class Retry(Exception):  # noqa: N818 - a control-flow signal, named for what it means
+    """Raise inside a task to ask for another attempt after ``delay`` seconds.
+
+    The attempt still counts towards the task's ``retries``.
+    """
+
+    def __init__(self, reason: str = "retry requested", *, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_retry, (self.reason, self.delay))
+
+
+def _rebuild_retry(reason: str, delay: float | None) -> Retry:
+    return Retry(reason, delay=delay)
+
+
+class WorkerShutdown(BaseException):
+    """Raised in a task's thread when its node stops; user code must not swallow it."""

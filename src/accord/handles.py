@@ -1,0 +1,183 @@
+"""Handles to submitted tasks and to runs."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from accord import context, serde
+from accord.errors import TaskCancelled, TaskFailed
+from accord.store.base import TERMINAL, RunInfo, TaskInfo, TaskResult, TaskState
+
+if TYPE_CHECKING:
+    from accord.app import App
+
+R = TypeVar("R")
+
+# A waiter checks the store's change counter (cheap) this often at first and
+# backs off to the slower pace while nothing changes.
+POLL_FAST = 0.0005
+POLL_SLOW = 0.02
+
+
+def wait_until(app: App, check: Any, timeout: float | None, what: str) -> Any:
+    """Call ``check()`` until it returns non-None, re-checking after store commits."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    store = app.store
+    store.changed()
+    while True:
+        found = check()
+        if found is not None:
+            return found
+        pause = POLL_FAST
+        while not store.changed():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{what} did not finish within {timeout} s")
+            time.sleep(pause)
+            pause = min(pause * 1.5, POLL_SLOW)
+
+
+def outcome(row: TaskResult, name: str) -> Any:
+    """The value of a finished task, or its error raised."""
+    if row.state is TaskState.SUCCEEDED:
+        return serde.loads(row.result)
+    if row.state is TaskState.CANCELLED:
+        raise TaskCancelled(
+            f"task {row.id} ({name}) was cancelled: {row.error or 'no reason given'}",
+            task_id=row.id,
+            reason=row.error,
+        )
+    raise TaskFailed(
+        f"task {row.id} ({name}) failed: {row.error_type or 'Error'}: {row.error}",
+        task_id=row.id,
+        error_type=row.error_type,
+        error=row.error,
+        traceback=row.traceback,
+    )
+
+
+class Handle(Generic[R]):
+    """A submitted task. Pass it to another task's ``submit`` to make that
+    task depend on this one; the dependent then receives its result."""
+
+    __slots__ = ("_app", "_id", "_name", "_owner")
+
+    def __init__(
+        self, app: App, task_id: int | None, name: str, owner: context.TaskContext | None = None
+    ) -> None:
+        self._app = app
+        self._id = task_id
+        self._name = name
+        self._owner = owner
+
+    def _bind(self, task_id: int) -> None:
+        self._id = task_id
+        self._owner = None
+
+    @property
+    def id(self) -> int:
+        """The task's id (writes the submission first if it is still buffered)."""
+        if self._id is None:
+            assert self._owner is not None
+            self._owner.flush()
+        assert self._id is not None
+        return self._id
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __repr__(self) -> str:
+        shown = self._id if self._id is not None else "unwritten"
+        return f"<Handle {self._name} task={shown}>"
+
+    def status(self) -> TaskState:
+        return self.info().state
+
+    def info(self) -> TaskInfo:
+        return self._app.store.task(self.id)
+
+    def done(self) -> bool:
+        return self.status().terminal
+
+    def cancel(self, reason: str = "cancelled by user") -> bool:
+        """Cancel the task and its dependents; False if it had already ended."""
+        return self._app.store.cancel_tasks([self.id], reason) > 0
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait for the task and return its value.
+
+        Raises :class:`TaskFailed` if it failed, :class:`TaskCancelled` if it
+        was cancelled, and ``TimeoutError`` if ``timeout`` seconds pass first.
+        Inside a task, the waiting attempt lends its slot to other tasks.
+        """
+        task_id = self.id
+        store = self._app.store
+
+        def check() -> TaskResult | None:
+            rows = store.results([task_id])
+            if rows and rows[0].state.value in TERMINAL:
+                return rows[0]
+            return None
+
+        row = check()
+        if row is None:
+            ctx = context.current()
+            if ctx is not None:
+                ctx.flush()
+                with ctx.blocking():
+                    row = wait_until(self._app, check, timeout, f"task {task_id}")
+            else:
+                row = wait_until(self._app, check, timeout, f"task {task_id}")
+        value: R = outcome(row, self._name)
+        return value
+
+
+class Run:
+    """A run: the tasks started by one ``app.start`` or one top-level submit."""
+
+    __slots__ = ("_app", "id")
+
+    def __init__(self, app: App, run_id: int) -> None:
+        self._app = app
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id}>"
+
+    def info(self) -> RunInfo:
+        return self._app.store.run(self.id)
+
+    def status(self) -> str:
+        return self.info().state
+
+    def tasks(self) -> list[TaskInfo]:
+        return self._app.store.tasks(self.id)
+
+    def cancel(self, reason: str = "cancelled by user") -> int:
+        """Cancel every open task of the run; return how many were cancelled."""
+        return self._app.store.cancel_run(self.id, reason)
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Wait until every task of the run has ended; return the run's value.
+
+        The value is the root task's (the workflow's) value; a run without a
+        root (``Task.map``) returns the list of its tasks' values. Raises like
+        :meth:`Handle.result` when the run failed or was cancelled.
+        """
+        store = self._app.store
+
+        def check() -> RunInfo | None:
+            info = store.run(self.id)
+            return info if info.state != "running" else None
+
+        info = wait_until(self._app, check, timeout, f"run {self.id}")
+        if info.root_task_id is not None:
+            root = store.results([info.root_task_id])[0]
+            return outcome(root, info.name)
+        tasks = store.tasks(self.id)
+        rows = store.results([t.id for t in tasks])
+        by_id = {row.id: row for row in rows}
+        return [outcome(by_id[t.id], t.name) for t in tasks]
+
+    result = wait

@@ -1,0 +1,68 @@
+"""Stores: where every durable fact of accord lives.
+
+``open_store(url)`` picks the backend from the URL:
+
+- ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: the
+  embedded store, one file shared by every process on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from accord.errors import StoreURLError
+from accord.store.base import Store
+from accord.store.sqlite import SqliteStore
+
+DEFAULT_URL = "sqlite:///.accord/accord.db"
+
+__all__ = ["DEFAULT_URL", "SqliteStore", "Store", "open_store", "resolve_url"]
+
+
+def resolve_url(url: str | None) -> str:
+    """The store URL to use: the argument, else ``ACCORD_STORE``, else the default."""
+    if url is None:
+        url = os.environ.get("ACCORD_STORE") or DEFAULT_URL
+    return url
+
+
+def open_store(url: str | None = None) -> Store:
+    """Open the store named by ``url`` (see :func:`resolve_url`)."""
+    url = resolve_url(url)
+    if not isinstance(url, str) or not url.strip():
+        raise StoreURLError(
+            f"store URL {url!r} is empty; use sqlite:///path/to/file.db", url=url
+        )
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise StoreURLError(
+            f"store URL {url!r} has no scheme; use sqlite:///path/to/file.db", url=url
+        )
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest == "/":
+            raise StoreURLError(
+                f"store URL {url!r} has no file path; use sqlite:///relative.db or "
+                "sqlite:////absolute/path.db",
+                url=url,
+            )
+        path = rest[1:]
+        if path in ("", ":memory:"):
+            raise StoreURLError(
+                f"store URL {url!r}: an in-memory database cannot be shared between "
+                "processes; give a file path",
+                url=url,
+            )
+        if url == DEFAULT_URL or path == DEFAULT_URL.removeprefix("sqlite:///"):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return SqliteStore(path)
+    if scheme in ("postgresql", "postgres"):
+        raise StoreURLError(
+            f"store URL {url!r}: the PostgreSQL backend is not available in this version; "
+            "use sqlite:///path/to/file.db",
+            url=url,
+        )
+    raise StoreURLError(
+        f"store URL {url!r} has unknown scheme {scheme!r}; use sqlite:///path/to/file.db",
+        url=url,
+    )

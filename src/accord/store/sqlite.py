@@ -1,0 +1,916 @@
+"""The embedded store: one SQLite file shared by any number of processes.
+
+Durability first: WAL journal with ``synchronous=FULL``, so a commit that
+returned survives a crash of any process and of the OS. Speed comes from
+putting many rows in one commit (a node records all its finished tasks and
+claims its next batch in one transaction), never from weaker durability.
+
+Writers take the database lock up front (``BEGIN IMMEDIATE``): a transaction
+that read first and upgraded later could fail with SQLITE_BUSY half-way,
+which the busy timeout does not cover. A process killed while holding the
+lock leaves a WAL that the next connection recovers; the lock itself is a
+file lock the kernel drops with the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from accord.errors import (
+    ConflictError,
+    FencedError,
+    NotFoundError,
+    SchemaError,
+    StorageFullError,
+    StoreError,
+    StoreURLError,
+)
+from accord.store.base import (
+    ClaimedTask,
+    Completion,
+    Event,
+    NewRun,
+    NewTask,
+    NodeInfo,
+    Outcome,
+    RunInfo,
+    Store,
+    TaskInfo,
+    TaskResult,
+    TaskState,
+)
+
+_OPEN_STATES = "('pending', 'ready', 'running')"
+_EXPIRED_BATCH = 64
+
+_TASK_INFO_SQL = """
+SELECT t.id, t.run_id, t.parent_id, t.name, t.queue, t.state, t.priority, t.attempts,
+       t.max_attempts, t.fence, t.node_id, n.name, t.created_at, t.started_at,
+       t.finished_at, t.not_before, t.error, t.error_type, t.traceback, t.forward_to
+FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id
+"""
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("accord.store").joinpath("migrations", "sqlite")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text("utf-8")))
+    return sorted(found)
+
+
+MIGRATIONS = _migrations()
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: uniform in [d/2, d], d = base * 2^(n-1)."""
+    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    return delay * (0.5 + random.random() / 2)
+
+
+def translate(exc: sqlite3.Error, path: str) -> Exception:
+    """Turn a driver error into accord's, keeping it as ``__cause__``."""
+    text = str(exc)
+    if "disk is full" in text or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        err: Exception = StorageFullError(
+            f"the store's disk is full ({path}); free space and retry: nothing was written",
+            path=path,
+        )
+    elif "file is not a database" in text or "malformed" in text:
+        err = SchemaError(
+            f"{path} is not an accord database ({text}); point ACCORD_STORE at another file",
+            path=path,
+        )
+    elif "locked" in text or "busy" in text:
+        err = StoreError(f"the store {path} stayed locked by another process: {text}", path=path)
+    elif "unable to open" in text:
+        err = StoreURLError(
+            f"cannot open the store file {path}: {text}; check the directory exists and is "
+            "writable",
+            path=path,
+        )
+    else:
+        err = StoreError(f"the store {path} failed: {text}", path=path)
+    err.__cause__ = exc
+    return err
+
+
+class _Tx:
+    """One write transaction: its cursor, its clock and the runs it touched."""
+
+    __slots__ = ("c", "now", "touched")
+
+    def __init__(self, c: sqlite3.Connection, now: float) -> None:
+        self.c = c
+        self.now = now
+        self.touched: set[int] = set()
+
+
+class SqliteStore(Store):
+    """The embedded store, in one SQLite file (``sqlite:///path``)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self.url = f"sqlite:///{self.path}"
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        parent = Path(self.path).parent
+        if not parent.exists():
+            raise StoreURLError(
+                f"the directory of the store file {self.path} does not exist; create it first",
+                path=self.path,
+            )
+        self._migrate(self._conn())
+
+    # -- connections ------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"the store {self.path} is closed")
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        # A connection must not cross fork(): the child opens its own.
+        if conn is None or local.pid != os.getpid():
+            conn = self._connect()
+            local.conn = conn
+            local.pid = os.getpid()
+            local.data_version = None
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"could not put {self.path} in WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Tx]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+        try:
+            yield _Tx(conn, time.time())
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the failed COMMIT already rolled back
+            if isinstance(exc, sqlite3.Error):
+                raise translate(exc, self.path) from exc
+            raise
+
+    def _read(self, sql: str, params: Any = ()) -> list[Any]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                tables = {
+                    row[0]
+                    for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+                version = 0
+                if tables:
+                    if "accord_meta" not in tables:
+                        raise SchemaError(
+                            f"{self.path} is an SQLite database but not an accord store "
+                            f"(it has tables {sorted(tables)[:5]}); use another file",
+                            path=self.path,
+                        )
+                    version = int(
+                        conn.execute(
+                            "SELECT value FROM accord_meta WHERE key = 'schema_version'"
+                        ).fetchone()[0]
+                    )
+                if version > SCHEMA_VERSION:
+                    raise SchemaError(
+                        f"{self.path} has schema version {version}, written by a newer accord; "
+                        f"this accord knows versions up to {SCHEMA_VERSION}: upgrade accord",
+                        path=self.path,
+                        found=version,
+                        supported=SCHEMA_VERSION,
+                    )
+                if version == 0:
+                    conn.execute("CREATE TABLE accord_meta (key TEXT PRIMARY KEY, value TEXT)")
+                    conn.execute(
+                        "INSERT INTO accord_meta (key, value) VALUES ('schema_version', '0')"
+                    )
+                for number, script in MIGRATIONS:
+                    if number > version:
+                        for statement in _statements(script):
+                            conn.execute(statement)
+                        conn.execute(
+                            "UPDATE accord_meta SET value = ? WHERE key = 'schema_version'",
+                            (str(number),),
+                        )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    def schema_version(self) -> int:
+        return int(self._read("SELECT value FROM accord_meta WHERE key = 'schema_version'")[0][0])
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def changed(self) -> bool:
+        conn = self._conn()
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        seen = self._local.data_version
+        self._local.data_version = version
+        return seen is None or version != seen
+
+    # -- submission -------------------------------------------------------
+    def submit(
+        self,
+        tasks: list[NewTask],
+        *,
+        run: NewRun | None = None,
+        run_id: int | None = None,
+        parent: tuple[int, int] | None = None,
+    ) -> tuple[int, list[int]]:
+        with self._tx() as tx:
+            c = tx.c
+            if parent is not None:
+                row = c.execute(
+                    "SELECT run_id, fence, state FROM tasks WHERE id = ?", (parent[0],)
+                ).fetchone()
+                if row is None:
+                    raise NotFoundError(f"parent task {parent[0]} does not exist")
+                if row[1] != parent[1] or row[2] != "running":
+                    raise FencedError(
+                        f"task {parent[0]} attempt with fence {parent[1]} no longer holds its "
+                        "lease; its child tasks were not submitted",
+                        task_id=parent[0],
+                        fence=parent[1],
+                    )
+                run_id = row[0]
+            if len(tasks) == 1 and tasks[0].idempotency_key is not None:
+                existing = self._idempotent(c, tasks[0])
+                if existing is not None:
+                    return existing
+            if run is not None:
+                run_id = c.execute(
+                    "INSERT INTO runs (app, name, state, created_at) VALUES (?, ?, 'running', ?) "
+                    "RETURNING id",
+                    (run.app, run.name, tx.now),
+                ).fetchone()[0]
+            if run_id is None:
+                raise ValueError("submit needs a run, a run_id or a parent")
+            ids = self._insert_tasks(tx, run_id, tasks, parent[0] if parent else None)
+            if run is not None and run.rooted and tasks:
+                c.execute("UPDATE runs SET root_task_id = ? WHERE id = ?", (ids[0], run_id))
+            tx.touched.add(run_id)
+            self._finish_runs(tx)
+            return run_id, ids
+
+    def _idempotent(self, c: sqlite3.Connection, task: NewTask) -> tuple[int, list[int]] | None:
+        row = c.execute(
+            "SELECT id, run_id, name, args FROM tasks WHERE idempotency_key = ?",
+            (task.idempotency_key,),
+        ).fetchone()
+        if row is None:
+            return None
+        if row[2] != task.name or bytes(row[3]) != task.args:
+            raise ConflictError(
+                f"idempotency key {task.idempotency_key!r} was used for task {row[0]} "
+                f"({row[2]}) with other arguments; use a new key for a different call",
+                task_id=row[0],
+            )
+        return row[1], [row[0]]
+
+    def _insert_tasks(
+        self, tx: _Tx, run_id: int, tasks: list[NewTask], parent_id: int | None
+    ) -> list[int]:
+        c = tx.c
+        ids: list[int] = []
+        states: dict[int, str] = {}
+        for task in tasks:
+            if parent_id is not None and task.seq is not None:
+                row = c.execute(
+                    "SELECT id, state FROM tasks WHERE parent_id = ? AND seq = ?",
+                    (parent_id, task.seq),
+                ).fetchone()
+                if row is not None:  # made by an earlier attempt of the parent
+                    ids.append(row[0])
+                    states[row[0]] = row[1]
+                    continue
+            deps = [ids[-d - 1] if d < 0 else d for d in task.deps]
+            remaining = 0
+            blocked: str | None = None
+            for dep in deps:
+                state = states.get(dep)
+                if state is None:
+                    found = c.execute(
+                        "SELECT state, name FROM tasks WHERE id = ?", (dep,)
+                    ).fetchone()
+                    if found is None:
+                        raise NotFoundError(
+                            f"{task.name}() depends on task {dep}, which does not exist",
+                            task_id=dep,
+                        )
+                    state = found[0]
+                if state in ("failed", "cancelled"):
+                    blocked = f"dependency task {dep} {state}"
+                elif state != "succeeded":
+                    remaining += 1
+            state = "cancelled" if blocked else ("pending" if remaining else "ready")
+            task_id = c.execute(
+                "INSERT INTO tasks (run_id, parent_id, seq, idempotency_key, queue, name, state, "
+                "priority, weight, size, args, n_deps, deps_remaining, max_attempts, backoff, "
+                "max_backoff, timeout, requires, resources, not_before, created_at, error, "
+                "finished_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
+                (
+                    run_id,
+                    parent_id,
+                    task.seq,
+                    task.idempotency_key,
+                    task.queue,
+                    task.name,
+                    state,
+                    task.priority,
+                    task.weight,
+                    task.size,
+                    task.args,
+                    len(deps),
+                    remaining,
+                    task.max_attempts,
+                    task.backoff,
+                    task.max_backoff,
+                    task.timeout,
+                    json.dumps(task.requires) if task.requires else None,
+                    json.dumps(task.resources) if task.resources else None,
+                    task.not_before,
+                    tx.now,
+                    blocked,
+                    tx.now if blocked else None,
+                ),
+            ).fetchone()[0]
+            if deps:
+                c.executemany(
+                    "INSERT INTO deps (task_id, pos, dep_id) VALUES (?, ?, ?)",
+                    [(task_id, pos, dep) for pos, dep in enumerate(deps)],
+                )
+            ids.append(task_id)
+            states[task_id] = state
+        return ids
+
+    # -- the node's side --------------------------------------------------
+    def exchange(
+        self,
+        node_id: int,
+        completions: list[Completion],
+        *,
+        queue: str,
+        claim: int,
+        lease_ttl: float,
+    ) -> tuple[list[bool], list[ClaimedTask]]:
+        with self._tx() as tx:
+            accepted = [self._complete(tx, done) for done in completions]
+            if completions:
+                tx.c.execute(
+                    "UPDATE nodes SET completed = completed + ? WHERE id = ?",
+                    (sum(accepted), node_id),
+                )
+            self._finish_runs(tx)
+            claimed = self._claim(tx, node_id, queue, claim, lease_ttl) if claim > 0 else []
+            return accepted, claimed
+
+    def _complete(self, tx: _Tx, done: Completion) -> bool:
+        c = tx.c
+        if done.outcome is Outcome.OK:
+            row = c.execute(
+                "UPDATE tasks SET state = 'succeeded', result = ?, finished_at = ?, "
+                "lease_expires_at = NULL WHERE id = ? AND fence = ? AND state = 'running' "
+                "RETURNING run_id",
+                (done.result, tx.now, done.task_id, done.fence),
+            ).fetchone()
+            if row is None:
+                return False
+            tx.touched.add(row[0])
+            self._settle(tx, done.task_id, "succeeded")
+            return True
+        row = c.execute(
+            "SELECT run_id, attempts, max_attempts, backoff, max_backoff FROM tasks "
+            "WHERE id = ? AND fence = ? AND state = 'running'",
+            (done.task_id, done.fence),
+        ).fetchone()
+        if row is None:
+            return False
+        run_id, attempts, max_attempts, backoff, max_backoff = row
+        tx.touched.add(run_id)
+        if done.outcome is Outcome.FORWARD:
+            assert done.forward_to is not None
+            self._forward(tx, done.task_id, done.forward_to)
+        elif done.retryable and attempts < max_attempts:
+            delay = done.retry_delay
+            if delay is None:
+                delay = backoff_delay(attempts, backoff, max_backoff)
+            c.execute(
+                "UPDATE tasks SET state = 'ready', not_before = ?, node_id = NULL, "
+                "lease_expires_at = NULL, error = ?, error_type = ?, traceback = ? WHERE id = ?",
+                (tx.now + delay, done.error, done.error_type, done.traceback, done.task_id),
+            )
+            self._event(tx, "retry", run_id, done.task_id, f"{done.error} (next in {delay:.2f}s)")
+        else:
+            self._fail(tx, done.task_id, run_id, done.error, done.error_type, done.traceback)
+        return True
+
+    def _fail(
+        self,
+        tx: _Tx,
+        task_id: int,
+        run_id: int,
+        error: str | None,
+        error_type: str | None,
+        traceback: str | None,
+    ) -> None:
+        tx.c.execute(
+            "UPDATE tasks SET state = 'failed', finished_at = ?, lease_expires_at = NULL, "
+            "error = ?, error_type = ?, traceback = ? WHERE id = ?",
+            (tx.now, error, error_type, traceback, task_id),
+        )
+        tx.touched.add(run_id)
+        self._event(tx, "failed", run_id, task_id, error)
+        self._settle(tx, task_id, "failed")
+
+    def _forward(self, tx: _Tx, task_id: int, target: int) -> None:
+        c = tx.c
+        row = c.execute(
+            "SELECT state, result, error, error_type, traceback FROM tasks WHERE id = ?",
+            (target,),
+        ).fetchone()
+        if row is None:
+            c.execute(
+                "UPDATE tasks SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                (tx.now, f"returned a handle to task {target}, which does not exist", task_id),
+            )
+            self._settle(tx, task_id, "failed")
+            return
+        state = row[0]
+        if state in ("succeeded", "failed", "cancelled"):
+            c.execute(
+                "UPDATE tasks SET state = ?, result = ?, error = ?, error_type = ?, "
+                "traceback = ?, finished_at = ?, lease_expires_at = NULL, forward_to = ? "
+                "WHERE id = ?",
+                (state, row[1], row[2], row[3], row[4], tx.now, target, task_id),
+            )
+            self._settle(tx, task_id, state)
+            return
+        c.execute(
+            "INSERT OR REPLACE INTO deps (task_id, pos, dep_id) VALUES (?, -1, ?)",
+            (task_id, target),
+        )
+        c.execute(
+            "UPDATE tasks SET state = 'pending', deps_remaining = 1, forward_to = ?, "
+            "lease_expires_at = NULL WHERE id = ?",
+            (target, task_id),
+        )
+
+    def _settle(self, tx: _Tx, task_id: int, state: str) -> None:
+        """Propagate a task's end to the tasks that wait on it."""
+        c = tx.c
+        work = [(task_id, state)]
+        while work:
+            done_id, done_state = work.pop()
+            dependents = c.execute(
+                "SELECT t.id, t.run_id, t.deps_remaining, t.forward_to FROM deps d "
+                "JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = ? AND t.state = 'pending'",
+                (done_id,),
+            ).fetchall()
+            for dep_id, run_id, remaining, forward_to in dependents:
+                tx.touched.add(run_id)
+                if done_state == "succeeded":
+                    if remaining > 1:
+                        c.execute(
+                            "UPDATE tasks SET deps_remaining = ? WHERE id = ?",
+                            (remaining - 1, dep_id),
+                        )
+                    elif forward_to == done_id:
+                        c.execute(
+                            "UPDATE tasks SET state = 'succeeded', deps_remaining = 0, "
+                            "finished_at = ?, result = (SELECT result FROM tasks WHERE id = ?) "
+                            "WHERE id = ?",
+                            (tx.now, done_id, dep_id),
+                        )
+                        work.append((dep_id, "succeeded"))
+                    else:
+                        c.execute(
+                            "UPDATE tasks SET state = 'ready', deps_remaining = 0 WHERE id = ?",
+                            (dep_id,),
+                        )
+                elif forward_to == done_id:
+                    c.execute(
+                        "UPDATE tasks SET (state, error, error_type, traceback) = "
+                        "(SELECT state, error, error_type, traceback FROM tasks WHERE id = ?), "
+                        "finished_at = ? WHERE id = ?",
+                        (done_id, tx.now, dep_id),
+                    )
+                    work.append((dep_id, done_state))
+                else:
+                    name = c.execute("SELECT name FROM tasks WHERE id = ?", (done_id,)).fetchone()
+                    c.execute(
+                        "UPDATE tasks SET state = 'cancelled', finished_at = ?, error = ? "
+                        "WHERE id = ?",
+                        (tx.now, f"dependency task {done_id} ({name[0]}) {done_state}", dep_id),
+                    )
+                    work.append((dep_id, "cancelled"))
+
+    def _finish_runs(self, tx: _Tx) -> None:
+        """Close the runs touched by this transaction that have no open task left."""
+        c = tx.c
+        for run_id in sorted(tx.touched):
+            run = c.execute(
+                "SELECT r.state, r.root_task_id, t.state, t.error FROM runs r "
+                "LEFT JOIN tasks t ON t.id = r.root_task_id WHERE r.id = ?",
+                (run_id,),
+            ).fetchone()
+            if run is None or run[0] != "running":
+                continue
+            _, root_id, root_state, root_error = run
+            if root_state in ("failed", "cancelled"):
+                # The workflow itself ended without a value: stop what it started.
+                reason = f"run {run_id} {root_state}: task {root_id} {root_state}"
+                open_ids = [
+                    row[0]
+                    for row in c.execute(
+                        f"SELECT id FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES}",
+                        (run_id,),
+                    )
+                ]
+                for task_id in open_ids:
+                    self._cancel_one(tx, task_id, reason)
+                c.execute(
+                    "UPDATE runs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                    (root_state, tx.now, root_error, run_id),
+                )
+                self._event(tx, f"run_{root_state}", run_id, None, root_error)
+                continue
+            still_open = c.execute(
+                f"SELECT 1 FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES} LIMIT 1",
+                (run_id,),
+            ).fetchone()
+            if still_open:
+                continue
+            if root_id is not None:
+                state, error = root_state, root_error
+            else:
+                counts = dict(
+                    c.execute(
+                        "SELECT state, count(*) FROM tasks WHERE run_id = ? GROUP BY state",
+                        (run_id,),
+                    ).fetchall()
+                )
+                state = (
+                    "failed"
+                    if counts.get("failed")
+                    else "cancelled"
+                    if counts.get("cancelled")
+                    else "succeeded"
+                )
+                error = None if state == "succeeded" else f"{counts.get(state)} task(s) {state}"
+            c.execute(
+                "UPDATE runs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                (state, tx.now, error, run_id),
+            )
+            self._event(tx, f"run_{state}", run_id, None, error)
+
+    def _claim(
+        self, tx: _Tx, node_id: int, queue: str, limit: int, lease_ttl: float
+    ) -> list[ClaimedTask]:
+        c = tx.c
+        self._reclaim_expired(tx)
+        rows = c.execute(
+            "UPDATE tasks SET state = 'running', node_id = ?, attempts = attempts + 1, "
+            "fence = fence + 1, lease_expires_at = ?, started_at = ? "
+            "WHERE id IN (SELECT id FROM tasks WHERE queue = ? AND state = 'ready' "
+            "AND not_before <= ? ORDER BY priority DESC, id LIMIT ?) "
+            "RETURNING id, run_id, name, args, fence, attempts, max_attempts, timeout, size, "
+            "n_deps, priority",
+            (node_id, tx.now + lease_ttl, tx.now, queue, tx.now, limit),
+        ).fetchall()
+        rows.sort(key=lambda r: (-r[10], r[0]))
+        claimed = []
+        for row in rows:
+            dep_results: list[bytes | None] = []
+            if row[9]:
+                dep_results = [
+                    r[0]
+                    for r in c.execute(
+                        "SELECT t.result FROM deps d JOIN tasks t ON t.id = d.dep_id "
+                        "WHERE d.task_id = ? AND d.pos >= 0 ORDER BY d.pos",
+                        (row[0],),
+                    )
+                ]
+            claimed.append(
+                ClaimedTask(
+                    id=row[0],
+                    run_id=row[1],
+                    name=row[2],
+                    args=row[3],
+                    dep_results=dep_results,
+                    fence=row[4],
+                    attempt=row[5],
+                    max_attempts=row[6],
+                    timeout=row[7],
+                    size=row[8],
+                )
+            )
+        return claimed
+
+    def _reclaim_expired(self, tx: _Tx) -> None:
+        c = tx.c
+        expired = c.execute(
+            "SELECT t.id, t.run_id, t.attempts, t.max_attempts, n.name FROM tasks t "
+            "LEFT JOIN nodes n ON n.id = t.node_id "
+            "WHERE t.state = 'running' AND t.lease_expires_at < ? LIMIT ?",
+            (tx.now, _EXPIRED_BATCH),
+        ).fetchall()
+        for task_id, run_id, attempts, max_attempts, node in expired:
+            why = f"lease expired on node {node} during attempt {attempts} (node died or hung)"
+            self._event(tx, "lease_expired", run_id, task_id, why)
+            if attempts >= max_attempts:
+                self._fail(
+                    tx, task_id, run_id, f"{why}; no attempts left", "LeaseExpired", None
+                )
+            else:
+                c.execute(
+                    "UPDATE tasks SET state = 'ready', node_id = NULL, lease_expires_at = NULL, "
+                    "error = ?, error_type = 'LeaseExpired' WHERE id = ?",
+                    (why, task_id),
+                )
+
+    def heartbeat(self, node_id: int, lease_ttl: float, running: int) -> dict[int, int]:
+        with self._tx() as tx:
+            tx.c.execute(
+                "UPDATE tasks SET lease_expires_at = ? WHERE node_id = ? AND state = 'running'",
+                (tx.now + lease_ttl, node_id),
+            )
+            tx.c.execute(
+                "UPDATE nodes SET heartbeat_at = ?, running = ?, state = 'running' WHERE id = ?",
+                (tx.now, running, node_id),
+            )
+            return dict(
+                tx.c.execute(
+                    "SELECT id, fence FROM tasks WHERE node_id = ? AND state = 'running'",
+                    (node_id,),
+                ).fetchall()
+            )
+
+    def release(self, node_id: int, held: list[tuple[int, int]]) -> int:
+        if not held:
+            return 0
+        with self._tx() as tx:
+            released = 0
+            for task_id, fence in held:
+                row = tx.c.execute(
+                    "UPDATE tasks SET state = 'ready', node_id = NULL, lease_expires_at = NULL, "
+                    "attempts = attempts - 1, started_at = NULL "
+                    "WHERE id = ? AND fence = ? AND state = 'running' AND node_id = ? "
+                    "RETURNING run_id",
+                    (task_id, fence, node_id),
+                ).fetchone()
+                if row is not None:
+                    released += 1
+                    self._event(tx, "released", row[0], task_id, f"handed back by node {node_id}")
+            return released
+
+    def register_node(
+        self,
+        *,
+        name: str,
+        host: str,
+        pid: int,
+        queue: str,
+        slots: int,
+        mode: str,
+        capabilities: list[str],
+    ) -> int:
+        with self._tx() as tx:
+            node_id: int = tx.c.execute(
+                "INSERT INTO nodes (name, host, pid, queue, slots, mode, capabilities, "
+                "started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (name, host, pid, queue, slots, mode, json.dumps(capabilities), tx.now, tx.now),
+            ).fetchone()[0]
+            self._event(tx, "node_started", None, None, f"{name} ({slots} {mode} slots)", node_id)
+            return node_id
+
+    def stop_node(self, node_id: int) -> None:
+        with self._tx() as tx:
+            tx.c.execute(
+                "UPDATE nodes SET state = 'stopped', stopped_at = ?, running = 0 WHERE id = ?",
+                (tx.now, node_id),
+            )
+            self._event(tx, "node_stopped", None, None, None, node_id)
+
+    # -- control ----------------------------------------------------------
+    def _cancel_one(self, tx: _Tx, task_id: int, reason: str) -> bool:
+        row = tx.c.execute(
+            "UPDATE tasks SET state = 'cancelled', finished_at = ?, error = ?, "
+            f"lease_expires_at = NULL WHERE id = ? AND state IN {_OPEN_STATES} RETURNING run_id",
+            (tx.now, reason, task_id),
+        ).fetchone()
+        if row is None:
+            return False
+        tx.touched.add(row[0])
+        self._settle(tx, task_id, "cancelled")
+        return True
+
+    def cancel_tasks(self, task_ids: list[int], reason: str) -> int:
+        with self._tx() as tx:
+            for task_id in task_ids:
+                if tx.c.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+                    raise NotFoundError(f"task {task_id} does not exist", task_id=task_id)
+            count = sum(self._cancel_one(tx, task_id, reason) for task_id in task_ids)
+            for task_id in task_ids:
+                self._event(tx, "cancelled", None, task_id, reason)
+            self._finish_runs(tx)
+            return count
+
+    def cancel_run(self, run_id: int, reason: str) -> int:
+        with self._tx() as tx:
+            if tx.c.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise NotFoundError(f"run {run_id} does not exist", run_id=run_id)
+            open_ids = [
+                row[0]
+                for row in tx.c.execute(
+                    f"SELECT id FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES} "
+                    "ORDER BY id",
+                    (run_id,),
+                )
+            ]
+            count = sum(self._cancel_one(tx, task_id, reason) for task_id in open_ids)
+            self._event(tx, "run_cancel", run_id, None, reason)
+            self._finish_runs(tx)
+            return count
+
+    def _event(
+        self,
+        tx: _Tx,
+        kind: str,
+        run_id: int | None,
+        task_id: int | None,
+        detail: str | None,
+        node_id: int | None = None,
+    ) -> None:
+        tx.c.execute(
+            "INSERT INTO events (at, run_id, task_id, node_id, kind, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (tx.now, run_id, task_id, node_id, kind, detail),
+        )
+
+    # -- reads ------------------------------------------------------------
+    def results(self, task_ids: list[int]) -> list[TaskResult]:
+        rows = self._read(
+            "SELECT id, state, result, error, error_type, traceback FROM tasks "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(task_ids),),
+        )
+        return [
+            TaskResult(r[0], TaskState(r[1]), r[2], r[3], r[4], r[5]) for r in rows
+        ]
+
+    def task(self, task_id: int) -> TaskInfo:
+        rows = self._read(_TASK_INFO_SQL + " WHERE t.id = ?", (task_id,))
+        if not rows:
+            raise NotFoundError(f"task {task_id} does not exist", task_id=task_id)
+        return _task_info(rows[0])
+
+    def tasks(self, run_id: int) -> list[TaskInfo]:
+        self.run(run_id)
+        rows = self._read(_TASK_INFO_SQL + " WHERE t.run_id = ? ORDER BY t.id", (run_id,))
+        return [_task_info(r) for r in rows]
+
+    def run(self, run_id: int) -> RunInfo:
+        rows = self._read(
+            "SELECT id, app, name, state, root_task_id, created_at, finished_at, error "
+            "FROM runs WHERE id = ?",
+            (run_id,),
+        )
+        if not rows:
+            raise NotFoundError(f"run {run_id} does not exist", run_id=run_id)
+        return self._run_info(rows[0])
+
+    def _run_info(self, row: Any) -> RunInfo:
+        counts = dict(
+            self._read(
+                "SELECT state, count(*) FROM tasks WHERE run_id = ? GROUP BY state", (row[0],)
+            )
+        )
+        return RunInfo(*row, counts=counts)
+
+    def runs(self, limit: int = 20) -> list[RunInfo]:
+        rows = self._read(
+            "SELECT id, app, name, state, root_task_id, created_at, finished_at, error "
+            "FROM runs ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [self._run_info(r) for r in rows]
+
+    def nodes(self, include_stopped: bool = False) -> list[NodeInfo]:
+        rows = self._read(
+            "SELECT id, name, host, pid, queue, slots, mode, capabilities, state, started_at, "
+            "heartbeat_at, stopped_at, running, completed FROM nodes "
+            "WHERE state != 'stopped' OR ? ORDER BY id",
+            (include_stopped,),
+        )
+        return [
+            NodeInfo(
+                *r[:7],
+                capabilities=json.loads(r[7] or "[]"),
+                state=r[8],
+                started_at=r[9],
+                heartbeat_at=r[10],
+                stopped_at=r[11],
+                running=r[12],
+                completed=r[13],
+            )
+            for r in rows
+        ]
+
+    def events(self, run_id: int | None = None, limit: int = 100) -> list[Event]:
+        rows = self._read(
+            "SELECT id, at, run_id, task_id, node_id, kind, detail FROM events "
+            "WHERE ? IS NULL OR run_id = ? ORDER BY id DESC LIMIT ?",
+            (run_id, run_id, limit),
+        )
+        return [Event(*r) for r in reversed(rows)]
+
+    def integrity_check(self) -> str:
+        return str(self._read("PRAGMA integrity_check")[0][0])
+
+
+def _task_info(r: Any) -> TaskInfo:
+    return TaskInfo(
+        id=r[0],
+        run_id=r[1],
+        parent_id=r[2],
+        name=r[3],
+        queue=r[4],
+        state=TaskState(r[5]),
+        priority=r[6],
+        attempts=r[7],
+        max_attempts=r[8],
+        fence=r[9],
+        node_id=r[10],
+        node_name=r[11],
+        created_at=r[12],
+        started_at=r[13],
+        finished_at=r[14],
+        not_before=r[15],
+        error=r[16],
+        error_type=r[17],
+        traceback=r[18],
+        forward_to=r[19],
+    )
+
+
+def _statements(script: str) -> list[str]:
+    # Our migrations have no "--" inside string literals, so comments end at the line's end.
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,49 @@
+"""The main function of a node's slot process."""
+
+from __future__ import annotations
+
+import signal
+from multiprocessing.connection import Connection
+
+import msgspec
+
+from accord.store.base import ClaimedTask
+
+
+def child_main(locator: str, store_url: str, conn: Connection, node_id: int) -> None:
+    """Load the app, then run the tasks the node sends until told to stop.
+
+    Interrupts go to the node, which decides how to stop; the slot ignores them.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    encode = msgspec.msgpack.Encoder().encode
+    try:
+        from accord.app import locate
+        from accord.worker.execute import execute
+
+        app = locate(locator)
+        if app._store is None:
+            app._url = store_url
+    except BaseException as exc:  # report why, then exit: the node stops starting slots
+        conn.send_bytes(encode(["fatal", f"cannot load app {locator}: {exc}"]))
+        raise SystemExit(3) from None
+    conn.send_bytes(encode(["ready"]))
+    decode_task = msgspec.msgpack.Decoder(ClaimedTask).decode
+    decode_any = msgspec.msgpack.Decoder().decode
+    while True:
+        try:
+            raw = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the node is gone
+        if raw[0] == 0x91:
+            if decode_any(raw)[0] == "stop":
+                return
+            continue
+        task = decode_task(raw)
+
+        def on_block(flag: bool, task_id: int = task.id) -> None:
+            conn.send_bytes(encode(["blocked" if flag else "unblocked", task_id]))
+
+        completion = execute(app, task, node_id=node_id, on_block=on_block)
+        conn.send_bytes(encode(completion))

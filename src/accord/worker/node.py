@@ -1,0 +1,314 @@
+"""A node: claims ready tasks for its free slots, runs them, records results.
+
+The loop is single-threaded and talks to the store in one transaction per
+turn: it records every attempt that finished since the last turn and claims
+the next batch in the same commit. Under load a turn carries many rows, so
+throughput does not pay one disk flush per task; when idle, a turn is one
+task and latency stays low.
+
+Leases: every claimed task carries a lease of ``lease_ttl`` seconds that the
+node extends by heartbeat every ``heartbeat`` seconds. A heartbeat also tells
+the node which of its tasks it still holds; an attempt it lost (its lease
+expired and another node took it, or the task was cancelled) is stopped. A
+node that cannot reach the store for ``lease_ttl - heartbeat`` seconds stops
+all its attempts itself, before another node may take them over.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from accord.app import App
+from accord.errors import ConfigError, StoreError
+from accord.store.base import ClaimedTask, Completion
+from accord.worker.pool import Pool, make_pool
+
+log = logging.getLogger("accord.node")
+
+# Claim enough tasks to keep the slots busy for about this long, so that
+# short tasks are claimed many per commit and long ones one by one.
+PREFETCH_SECONDS = 0.02
+MAX_PREFETCH = 512
+# A node with nothing to do looks for new work this often even when it saw
+# no commit (delayed tasks become ready, leases of dead nodes expire).
+IDLE_CLAIM_INTERVAL = 0.5
+WAIT_FAST = 0.001
+WAIT_SLOW = 0.01
+
+
+class Node:
+    """Runs an app's tasks. Use :meth:`run` to serve in this thread, or
+    :meth:`start`/:meth:`stop`/:meth:`join` to serve in the background.
+
+    Options (keyword-only, checked here):
+
+    - ``slots``: how many tasks run at once (default: the number of CPUs).
+    - ``mode``: ``"process"`` (default; each slot a child process) or
+      ``"thread"`` (for I/O-bound tasks).
+    - ``lease_ttl``: seconds a claim lasts without a heartbeat (default 15).
+    - ``heartbeat``: seconds between heartbeats (default ``lease_ttl / 3``).
+    - ``grace``: seconds a stopping node lets running tasks finish before it
+      stops them and hands them back (default 30).
+    - ``name``, ``capabilities``: shown in ``accord nodes``.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        slots: int | None = None,
+        mode: str = "process",
+        lease_ttl: float = 15.0,
+        heartbeat: float | None = None,
+        grace: float = 30.0,
+        name: str | None = None,
+        capabilities: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        if slots is None:
+            slots = os.cpu_count() or 1
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ConfigError(f"slots must be a positive integer, not {slots!r}")
+        if mode not in ("process", "thread"):
+            raise ConfigError(f"mode must be 'process' or 'thread', not {mode!r}")
+        for label, value in (("lease_ttl", lease_ttl), ("grace", grace)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{label} must be a number of seconds, not {value!r}")
+            if not math.isfinite(value) or value < 0 or (label == "lease_ttl" and value == 0):
+                raise ConfigError(f"{label} must be a positive number of seconds, not {value!r}")
+        if heartbeat is None:
+            heartbeat = lease_ttl / 3
+        if not isinstance(heartbeat, int | float) or not 0 < heartbeat < lease_ttl:
+            raise ConfigError(
+                f"heartbeat ({heartbeat!r}) must be positive and shorter than lease_ttl "
+                f"({lease_ttl}), or a live node would lose its leases"
+            )
+        self.app = app
+        self.slots = slots
+        self.mode = mode
+        self.lease_ttl = float(lease_ttl)
+        self.heartbeat_interval = float(heartbeat)
+        self.grace = float(grace)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.capabilities = list(capabilities)
+        self.node_id: int | None = None
+        self.executed = 0
+        self.fenced = 0
+        self._stop = threading.Event()
+        self._hard_stop = threading.Event()
+        self._started = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._avg_duration: float | None = None
+
+    # -- lifecycle --------------------------------------------------------
+    def start(self) -> None:
+        """Serve in a background thread; returns once the node is registered."""
+        self._thread = threading.Thread(target=self._run_captured, name="accord-node", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run_captured(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            log.exception("node stopped by an error")
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Ask the node to stop: it claims no more, lets running tasks finish
+        for up to ``grace`` seconds (none if not ``graceful``), hands back the
+        rest and exits."""
+        if not graceful:
+            self._hard_stop.set()
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and a first Ctrl-C stop gracefully; a second Ctrl-C at once."""
+
+        def on_signal(signum: int, frame: Any) -> None:
+            self.stop(graceful=not self._stop.is_set())
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    # -- the loop ---------------------------------------------------------
+    def run(self) -> None:
+        """Serve until :meth:`stop` is called."""
+        store = self.app.store
+        node_id = self.node_id = store.register_node(
+            name=self.name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queue=self.app.name,
+            slots=self.slots,
+            mode=self.mode,
+            capabilities=self.capabilities,
+        )
+        pool = make_pool(self.mode, self.app, self.slots, node_id)
+        self._started.set()
+        log.info("node %s (%d) serving app %s with %d %s slots", self.name, node_id,
+                 self.app.name, self.slots, self.mode)
+        held: dict[int, ClaimedTask] = {}
+        waiting: deque[ClaimedTask] = deque()
+        done: list[Completion] = []
+        dispatched: dict[int, float] = {}
+        look = True
+        next_claim = 0.0
+        next_heartbeat = time.monotonic() + self.heartbeat_interval
+        last_heartbeat = time.monotonic()
+        last_activity = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                if self._stop.is_set():
+                    break
+                if pool.fatal is not None:
+                    raise ConfigError(pool.fatal)
+                while waiting and pool.free() > 0:
+                    task = waiting.popleft()
+                    dispatched[task.id] = now
+                    pool.start(task)
+                want = self._target() - len(waiting) - pool.active()
+                if done or (want > 0 and (look or now >= next_claim)):
+                    try:
+                        accepted, claimed = store.exchange(
+                            node_id, done, queue=self.app.name, claim=max(want, 0),
+                            lease_ttl=self.lease_ttl,
+                        )
+                    except StoreError as exc:
+                        log.warning("store unavailable, retrying: %s", exc)
+                        self._stop.wait(0.2)
+                        continue
+                    for completion, ok in zip(done, accepted, strict=True):
+                        held.pop(completion.task_id, None)
+                        if not ok:
+                            self.fenced += 1
+                            log.warning("completion of task %d refused: lease lost",
+                                        completion.task_id)
+                    self.executed += len(done)
+                    done = []
+                    for task in claimed:
+                        held[task.id] = task
+                        waiting.append(task)
+                    look = want > 0 and len(claimed) == want
+                    next_claim = now + IDLE_CLAIM_INTERVAL
+                    if claimed:
+                        last_activity = now
+                    continue
+                if now >= next_heartbeat:
+                    last_heartbeat = self._heartbeat(pool, held, waiting, last_heartbeat)
+                    next_heartbeat = now + self.heartbeat_interval
+                idle = now - last_activity > 1.0
+                finished = pool.wait(WAIT_SLOW if idle else WAIT_FAST)
+                if finished:
+                    last_activity = time.monotonic()
+                    self._learn(finished, dispatched, last_activity)
+                    done.extend(finished)
+                if store.changed():
+                    look = True
+            self._drain(pool, held, waiting, done)
+        finally:
+            pool.close()
+            try:
+                store.stop_node(node_id)
+            except StoreError:
+                log.warning("could not mark node %d stopped", node_id)
+
+    def _target(self) -> int:
+        """How many tasks to hold: the slots, plus ~20 ms of work queued."""
+        if self._stop.is_set():
+            return 0
+        avg = self._avg_duration
+        if avg is None:
+            return self.slots
+        extra = int(PREFETCH_SECONDS / max(avg, 1e-5)) * self.slots
+        return self.slots + min(extra, MAX_PREFETCH)
+
+    def _learn(self, finished: list[Completion], dispatched: dict[int, float], now: float) -> None:
+        for completion in finished:
+            sent = dispatched.pop(completion.task_id, None)
+            if sent is None:
+                continue
+            took = now - sent
+            avg = self._avg_duration
+            self._avg_duration = took if avg is None else 0.9 * avg + 0.1 * took
+
+    def _heartbeat(
+        self,
+        pool: Pool,
+        held: dict[int, ClaimedTask],
+        waiting: deque[ClaimedTask],
+        last_ok: float,
+    ) -> float:
+        assert self.node_id is not None
+        try:
+            still = self.app.store.heartbeat(self.node_id, self.lease_ttl, len(held))
+        except StoreError as exc:
+            if time.monotonic() - last_ok > self.lease_ttl - self.heartbeat_interval:
+                # Another node may take these tasks soon: stop their side effects now.
+                log.error("no heartbeat for too long (%s); stopping all attempts", exc)
+                for task_id in list(held):
+                    pool.kill(task_id)
+                held.clear()
+                waiting.clear()
+            return last_ok
+        for task_id, task in list(held.items()):
+            if still.get(task_id) != task.fence:
+                log.warning("task %d lost (cancelled or lease taken over); stopping it", task_id)
+                held.pop(task_id)
+                if not pool.kill(task_id):
+                    try:
+                        waiting.remove(task)
+                    except ValueError:
+                        pass
+        return time.monotonic()
+
+    def _drain(
+        self,
+        pool: Pool,
+        held: dict[int, ClaimedTask],
+        waiting: deque[ClaimedTask],
+        done: list[Completion],
+    ) -> None:
+        """Hand back what has not started, let running tasks finish within the grace."""
+        store = self.app.store
+        assert self.node_id is not None
+        store.release(self.node_id, [(t.id, t.fence) for t in waiting])
+        for task in waiting:
+            held.pop(task.id, None)
+        waiting.clear()
+        grace = 0.0 if self._hard_stop.is_set() else self.grace
+        deadline = time.monotonic() + grace
+        while pool.active() and time.monotonic() < deadline and not self._hard_stop.is_set():
+            done.extend(pool.wait(0.05))
+            if done:
+                store.exchange(self.node_id, done, queue=self.app.name, claim=0,
+                               lease_ttl=self.lease_ttl)
+                for completion in done:
+                    held.pop(completion.task_id, None)
+                done.clear()
+        done.extend(pool.wait(0))
+        if done:
+            store.exchange(self.node_id, done, queue=self.app.name, claim=0,
+                           lease_ttl=self.lease_ttl)
+            for completion in done:
+                held.pop(completion.task_id, None)
+        unfinished = [(t.id, t.fence) for t in held.values()]
+        for task_id, _ in unfinished:
+            pool.kill(task_id)
+        store.release(self.node_id, unfinished)
