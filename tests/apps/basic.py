@@ -1,0 +1,47 @@
+"""A small app for tests: its store comes from the test (see conftest.bind)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import accord
+
+app = accord.App("basic")
+
+
+@app.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task
+def noop() -> None:
+    return None
+
+
+@app.task
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task
+def pid() -> int:
+    return os.getpid()
+
+
+@app.workflow
+def fan(n: int) -> accord.Handle[int]:
+    parts = [add.submit(i, i) for i in range(n)]
+    return total.submit(parts)
