@@ -40,6 +40,10 @@ MAX_PREFETCH = 512
 # A node with nothing to do looks for new work this often even when it saw
 # no commit (delayed tasks become ready, leases of dead nodes expire).
 IDLE_CLAIM_INTERVAL = 0.5
+# Results wait at most this long, or until this many pile up, before a commit
+# (only while queued tasks keep the slots busy).
+FLUSH_AGE = 0.005
+FLUSH_COUNT = 256
 WAIT_FAST = 0.001
 WAIT_SLOW = 0.01
 
@@ -168,6 +172,7 @@ class Node:
         done: list[Completion] = []
         dispatched: dict[int, float] = {}
         look = True
+        done_since = 0.0
         next_claim = 0.0
         next_heartbeat = time.monotonic() + self.heartbeat_interval
         last_heartbeat = time.monotonic()
@@ -183,8 +188,18 @@ class Node:
                     task = waiting.popleft()
                     dispatched[task.id] = now
                     pool.start(task)
-                want = self._target() - len(waiting) - pool.active()
-                if done or (want > 0 and (look or now >= next_claim)):
+                target = self._target()
+                want = target - len(waiting) - pool.active()
+                # Batch: while queued work keeps the slots busy, let results pile
+                # up for a few milliseconds and claim only when the queue runs low,
+                # so one commit carries many rows; when idle, go to the store at once.
+                flush = bool(done) and (
+                    not waiting or len(done) >= FLUSH_COUNT or now - done_since >= FLUSH_AGE
+                )
+                refill = want > 0 and (look or now >= next_claim) and (
+                    len(waiting) <= max(self.slots, target // 2)
+                )
+                if flush or refill:
                     try:
                         accepted, claimed = store.exchange(
                             node_id, done, queue=self.app.name, claim=max(want, 0),
@@ -217,6 +232,8 @@ class Node:
                 finished = pool.wait(WAIT_SLOW if idle else WAIT_FAST)
                 if finished:
                     last_activity = time.monotonic()
+                    if not done:
+                        done_since = last_activity
                     self._learn(finished, dispatched, last_activity)
                     done.extend(finished)
                 if store.changed():

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import select
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 import msgspec
@@ -79,6 +80,10 @@ class ProcessPool:
         self.node_id = node_id
         self._ctx = multiprocessing.get_context("spawn")
         self._procs: list[_Proc] = []
+        # One poll object for the pool's life: building a selector per wait
+        # costs more than the wait itself when tasks take microseconds.
+        self._poll = select.poll()
+        self._fds: dict[int, tuple[_Proc, bool]] = {}
         self._locator = app.locator()
         self._store_url = app.store_url
         self.fatal: str | None = None
@@ -99,7 +104,17 @@ class ProcessPool:
         child.close()
         proc = _Proc(process, parent)
         self._procs.append(proc)
+        for fd, is_conn in ((parent.fileno(), True), (process.sentinel, False)):
+            self._fds[fd] = (proc, is_conn)
+            self._poll.register(fd, select.POLLIN)
         return proc
+
+    def _forget(self, proc: _Proc) -> None:
+        if proc in self._procs:
+            self._procs.remove(proc)
+        for fd in [fd for fd, (p, _) in self._fds.items() if p is proc]:
+            del self._fds[fd]
+            self._poll.unregister(fd)
 
     def active(self) -> int:
         return sum(1 for p in self._procs if p.task is not None and not p.blocked)
@@ -126,45 +141,39 @@ class ProcessPool:
 
     def wait(self, timeout: float) -> list[Completion]:
         done: list[Completion] = []
-        handles: list[Any] = []
-        for p in self._procs:
-            handles.append(p.conn)
-            handles.append(p.process.sentinel)
-        if handles:
-            ready = wait(handles, timeout)
-        else:
+        events = self._poll.poll(max(0, int(timeout * 1000))) if self._fds else []
+        if not self._fds:
             time.sleep(timeout)
-            ready = []
-        if ready:
-            ready_set = set(map(id, ready))
-            for proc in list(self._procs):
-                if id(proc.conn) in ready_set:
-                    self._read(proc, done)
-                elif id(proc.process.sentinel) in ready_set:
-                    self._died(proc, done)
+        for fd, _ in events:
+            entry = self._fds.get(fd)
+            if entry is None:
+                continue  # its process was handled earlier in this loop
+            proc, is_conn = entry
+            if is_conn:
+                self._read(proc, done)
+            else:
+                self._died(proc, done)
         self._check_timeouts(done)
         return done
 
     def _read(self, proc: _Proc, done: list[Completion]) -> None:
-        while True:
-            try:
-                if not proc.conn.poll():
-                    return
-                raw = proc.conn.recv_bytes()
-            except (EOFError, OSError):
-                self._died(proc, done)
-                return
-            # Control messages are short msgpack arrays; completions are maps.
-            if raw[0] in (0x91, 0x92):
-                message = _decode_message(raw)
-                self._control(proc, message)
-            else:
-                completion = _decode_completion(raw)
-                proc.task = None
-                proc.blocked = False
-                proc.deadline = None
-                done.append(completion)
-                self._retire_extra(proc)
+        # One message per readiness event: poll is level-triggered, so the next
+        # wait returns at once for any message still in the pipe.
+        try:
+            raw = proc.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._died(proc, done)
+            return
+        # Control messages are short msgpack arrays; completions are maps.
+        if raw[0] in (0x91, 0x92):
+            self._control(proc, _decode_message(raw))
+            return
+        completion = _decode_completion(raw)
+        proc.task = None
+        proc.blocked = False
+        proc.deadline = None
+        done.append(completion)
+        self._retire_extra(proc)
 
     def _control(self, proc: _Proc, message: list[Any]) -> None:
         tag = message[0]
@@ -182,13 +191,13 @@ class ProcessPool:
     def _retire_extra(self, proc: _Proc) -> None:
         lent = sum(1 for p in self._procs if p.blocked)
         if len(self._procs) > self.slots + lent:
-            self._procs.remove(proc)
+            self._forget(proc)
             self._stop(proc)
 
     def _died(self, proc: _Proc, done: list[Completion]) -> None:
         if proc not in self._procs:
             return
-        self._procs.remove(proc)
+        self._forget(proc)
         proc.process.join(timeout=1.0)
         if proc.task is not None:
             why = f"the task's process {_exit_reason(proc.process.exitcode)}"
@@ -208,7 +217,7 @@ class ProcessPool:
                 )
 
     def _kill_proc(self, proc: _Proc) -> None:
-        self._procs.remove(proc)
+        self._forget(proc)
         proc.process.kill()
         proc.process.join(timeout=5.0)
         proc.conn.close()
@@ -234,7 +243,9 @@ class ProcessPool:
         proc.conn.close()
 
     def close(self) -> None:
-        procs, self._procs = self._procs, []
+        procs = list(self._procs)
+        for proc in procs:
+            self._forget(proc)
         for proc in procs:
             if proc.task is not None:
                 proc.process.kill()
