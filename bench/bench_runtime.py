@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,18 +26,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import apps  # noqa: E402
-
 import accord  # noqa: E402
+import apps  # noqa: E402
 
 
 def start_node(url: str, mode: str, slots: int = 2) -> subprocess.Popen[bytes]:
     env = dict(os.environ, ACCORD_STORE=url, PYTHONPATH=str(HERE))
     log = open(Path(tempfile.gettempdir()) / f"accord-bench-node-{os.getpid()}.log", "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "accord", "worker", "--app", "apps:app", "--slots", str(slots),
-         "--mode", mode],
-        env=env, stdout=log, stderr=log,
+        [
+            sys.executable,
+            "-m",
+            "accord",
+            "worker",
+            "--app",
+            "apps:app",
+            "--slots",
+            str(slots),
+            "--mode",
+            mode,
+        ],
+        env=env,
+        stdout=log,
+        stderr=log,
     )
 
 
@@ -116,18 +126,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
     parser.add_argument("--mode", default="process", choices=["process", "thread"])
     args = parser.parse_args()
-    small, large, trips, width = (1000, 2000, 50, 200) if args.quick else (
-        10_000, 50_000, 500, 1000)
+    small, large, trips, width = (
+        (1000, 2000, 50, 200) if args.quick else (10_000, 50_000, 500, 1000)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         app = apps.app
         app._url = url
-        print(f"accord {accord.__version__} runtime benchmark: SQLite WAL synchronous=FULL, "
-              f"1 node, 2 {args.mode} slots, {os.cpu_count()} CPUs")
+        print(
+            f"accord {accord.__version__} runtime benchmark: SQLite WAL synchronous=FULL, "
+            f"1 node, 2 {args.mode} slots, {os.cpu_count()} CPUs"
+        )
         first, own_rss, child_rss = start_to_first_result(url, args.mode)
         print(f"node start to first result:     {first * 1000:8.1f} ms")
-        print(f"idle node resident memory:      {own_rss:8.1f} MB "
-              f"(+ {child_rss:.1f} MB in its slot processes)")
+        print(
+            f"idle node resident memory:      {own_rss:8.1f} MB "
+            f"(+ {child_rss:.1f} MB in its slot processes)"
+        )
         node = start_node(url, args.mode)
         try:
             wait_for_node(app)
@@ -135,8 +150,10 @@ def main() -> None:
                 rate = throughput(app, count)
                 print(f"throughput, {count:>6} no-op tasks: {rate:8.0f} tasks/s")
             times = round_trips(trips)
-            print(f"round trip ({trips} sequential):  p50 {pct(times, 0.5) * 1000:6.2f} ms   "
-                  f"p99 {pct(times, 0.99) * 1000:6.2f} ms")
+            print(
+                f"round trip ({trips} sequential):  p50 {pct(times, 0.5) * 1000:6.2f} ms   "
+                f"p99 {pct(times, 0.99) * 1000:6.2f} ms"
+            )
             took = fan(app, width)
             print(f"fan-out {width} + fan-in:         {took * 1000:8.1f} ms")
         finally:

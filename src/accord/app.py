@@ -320,7 +320,5 @@ def locate_task(spec: str) -> Task[Any, Any]:
         ) from exc
     found = getattr(module, attr, None)
     if not isinstance(found, Task):
-        raise NotFoundError(
-            f"{spec!r} is not a task or workflow (decorate it with @app.workflow)"
-        )
+        raise NotFoundError(f"{spec!r} is not a task or workflow (decorate it with @app.workflow)")
     return found

@@ -98,9 +98,7 @@ def follow(app: App, run: Run, *, label: str, show: bool = True) -> Any:
             total = sum(info.counts.values())
             ended = sum(info.counts.get(s, 0) for s in TERMINAL)
             running = info.counts.get("running", 0)
-            progress.update(
-                bar, total=max(total, 1), completed=ended, detail=f"{running} running"
-            )
+            progress.update(bar, total=max(total, 1), completed=ended, detail=f"{running} running")
             if info.state != "running":
                 break
             time.sleep(0.1)
@@ -184,7 +182,11 @@ def worker(
         if store:
             app._url = store
         node = app.node(
-            slots=slots, mode=mode, lease_ttl=lease, grace=grace, name=name,
+            slots=slots,
+            mode=mode,
+            lease_ttl=lease,
+            grace=grace,
+            name=name,
             capabilities=capability or [],
         )
         node.install_signal_handlers()
@@ -203,8 +205,14 @@ def runs(
             total = sum(r.counts.values())
             done = r.counts.get("succeeded", 0)
             table.add_row(
-                str(r.id), r.name, r.app, r.state, f"{done}/{total}", _when(r.created_at),
-                _secs(r.created_at, r.finished_at), (r.error or "")[:60],
+                str(r.id),
+                r.name,
+                r.app,
+                r.state,
+                f"{done}/{total}",
+                _when(r.created_at),
+                _secs(r.created_at, r.finished_at),
+                (r.error or "")[:60],
             )
         out.print(table)
 
@@ -218,14 +226,26 @@ def tasks(
     with _errors(), open_store(store) as s:
         info = s.run(run_id)
         table = Table(
-            "task", "name", "state", "node", "attempts", "queued", "ran", "error",
+            "task",
+            "name",
+            "state",
+            "node",
+            "attempts",
+            "queued",
+            "ran",
+            "error",
             title=f"run {info.id} ({info.name}): {info.state}",
         )
         for t in s.tasks(run_id):
             table.add_row(
-                str(t.id), t.name, t.state.value, t.node_name or "-",
-                f"{t.attempts}/{t.max_attempts}", _secs(t.created_at, t.started_at),
-                _secs(t.started_at, t.finished_at), (t.error or "")[:80],
+                str(t.id),
+                t.name,
+                t.state.value,
+                t.node_name or "-",
+                f"{t.attempts}/{t.max_attempts}",
+                _secs(t.created_at, t.started_at),
+                _secs(t.started_at, t.finished_at),
+                (t.error or "")[:80],
             )
         out.print(table)
 
@@ -248,13 +268,31 @@ def nodes(
 ) -> None:
     """List nodes with their slots, load and last heartbeat."""
     with _errors(), open_store(store) as s:
-        table = Table("node", "name", "host", "app", "slots", "mode", "running", "completed",
-                      "state", "heartbeat")
+        table = Table(
+            "node",
+            "name",
+            "host",
+            "app",
+            "slots",
+            "mode",
+            "running",
+            "completed",
+            "state",
+            "heartbeat",
+        )
         now = time.time()
         for n in s.nodes(include_stopped=all_nodes):
             table.add_row(
-                str(n.id), n.name, n.host, n.queue, str(n.slots), n.mode, str(n.running),
-                str(n.completed), n.state, f"{now - n.heartbeat_at:.1f}s ago",
+                str(n.id),
+                n.name,
+                n.host,
+                n.queue,
+                str(n.slots),
+                n.mode,
+                str(n.running),
+                str(n.completed),
+                n.state,
+                f"{now - n.heartbeat_at:.1f}s ago",
             )
         out.print(table)
 
@@ -270,8 +308,12 @@ def events(
         table = Table("at", "kind", "run", "task", "node", "detail")
         for e in s.events(run_id, limit):
             table.add_row(
-                _when(e.at), e.kind, str(e.run_id or "-"), str(e.task_id or "-"),
-                str(e.node_id or "-"), (e.detail or "")[:100],
+                _when(e.at),
+                e.kind,
+                str(e.run_id or "-"),
+                str(e.task_id or "-"),
+                str(e.node_id or "-"),
+                (e.detail or "")[:100],
             )
         out.print(table)
 

@@ -51,8 +51,9 @@ def _model(family: str, params: dict[str, Any], seed: int) -> Any:
         return KNeighborsClassifier(**params)
     if family == "mlp":
         sizes = tuple(params.get("hidden_layer_sizes", [64]))
-        return MLPClassifier(hidden_layer_sizes=sizes, max_iter=params.get("max_iter", 300),
-                             random_state=seed)
+        return MLPClassifier(
+            hidden_layer_sizes=sizes, max_iter=params.get("max_iter", 300), random_state=seed
+        )
     raise ValueError(f"unknown model family {family!r}")
 
 
@@ -70,8 +71,12 @@ def load_data(seed: int) -> dict[str, Any]:
         x_rest, y_rest, test_size=0.25, random_state=seed, stratify=y_rest
     )
     return {
-        "x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val,
-        "x_test": x_test, "y_test": y_test,
+        "x_train": x_train,
+        "y_train": y_train,
+        "x_val": x_val,
+        "y_val": y_val,
+        "x_test": x_test,
+        "y_test": y_test,
     }
 
 
@@ -179,8 +184,12 @@ def main(
         table.add_column("train time", justify="right")
         for row in result["models"]:
             settings = ", ".join(f"{k}={v}" for k, v in row["params"].items())
-            table.add_row(row["family"], settings, f"{row['val_accuracy']:.4f}",
-                          f"{row['train_seconds']:.2f}s")
+            table.add_row(
+                row["family"],
+                settings,
+                f"{row['val_accuracy']:.4f}",
+                f"{row['train_seconds']:.2f}s",
+            )
         console.print(table)
         best = result["best"]
         console.print(

@@ -128,7 +128,7 @@ class TaskCancelled(TaskError):
     code = "task_cancelled"
 
 
-class Retry(Exception):  # noqa: N818 - a control-flow signal, named for what it means
+class Retry(Exception):
     """Raise inside a task to ask for another attempt after ``delay`` seconds.
 
     The attempt still counts towards the task's ``retries``.

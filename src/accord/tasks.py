@@ -89,9 +89,7 @@ class TaskOptions:
         if isinstance(self.requires, str) or not all(
             isinstance(r, str) and r for r in self.requires
         ):
-            raise ConfigError(
-                f"requires must be a list of capability names, not {self.requires!r}"
-            )
+            raise ConfigError(f"requires must be a list of capability names, not {self.requires!r}")
         if self.resources is not None:
             if not isinstance(self.resources, Mapping):
                 raise ConfigError(f"resources must be a mapping, not {self.resources!r}")
@@ -200,8 +198,12 @@ class Task(Generic[P, R]):
         )
         return new, refs
 
-    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
+    def submit(self, *args: Any, **kwargs: Any) -> Handle[R]:
         """Record a call of this task and return its handle at once.
+
+        Arguments are those of the function, where any value may also be a
+        handle of a task that produces it (so the signature cannot be checked
+        statically: a ParamSpec has no way to say "T or a handle of T").
 
         Handles among the arguments (also inside lists and dicts) make this
         task wait for those tasks and receive their results in their place.
@@ -217,7 +219,9 @@ class Task(Generic[P, R]):
         """Submit one call per item (a tuple of positional arguments, or a
         single argument) in one transaction; outside a task they form one run
         whose value is the list of their results."""
-        calls = [(item if isinstance(item, tuple) else (item,), {}) for item in arguments]
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (item if isinstance(item, tuple) else (item,), {}) for item in arguments
+        ]
         return self._submit_many(calls, rooted=False)
 
     def _submit_many(

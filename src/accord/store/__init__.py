@@ -31,9 +31,7 @@ def open_store(url: str | None = None) -> Store:
     """Open the store named by ``url`` (see :func:`resolve_url`)."""
     url = resolve_url(url)
     if not isinstance(url, str) or not url.strip():
-        raise StoreURLError(
-            f"store URL {url!r} is empty; use sqlite:///path/to/file.db", url=url
-        )
+        raise StoreURLError(f"store URL {url!r} is empty; use sqlite:///path/to/file.db", url=url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise StoreURLError(

@@ -20,11 +20,11 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from accord.errors import (
     ConflictError,
@@ -49,6 +49,8 @@ from accord.store.base import (
     TaskResult,
     TaskState,
 )
+
+T = TypeVar("T")
 
 _OPEN_STATES = "('pending', 'ready', 'running')"
 _EXPIRED_BATCH = 64
@@ -76,7 +78,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with full jitter: uniform in [d/2, d], d = base * 2^(n-1)."""
-    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay: float = min(cap, base * (2.0 ** max(0, attempt - 1)))
     return delay * (0.5 + random.random() / 2)
 
 
@@ -153,13 +155,16 @@ class SqliteStore(Store):
 
     def _connect(self) -> sqlite3.Connection:
         try:
+            # No busy timeout in SQLite itself: its busy handler sleeps 1, 2, 5,
+            # 10... ms between tries, which wrecks throughput when several
+            # processes write. _busy() retries every few dozen microseconds.
             conn = sqlite3.connect(
                 self.path,
-                timeout=self.busy_timeout,
+                timeout=0.0,
                 isolation_level=None,
                 check_same_thread=False,
             )
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
             if mode != "wal":
                 raise StoreError(f"could not put {self.path} in WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=FULL")
@@ -169,11 +174,29 @@ class SqliteStore(Store):
             self._all.append(conn)
         return conn
 
+    def _busy(self, action: Callable[[], T]) -> T:
+        """Run ``action``, retrying while another process holds the lock."""
+        deadline: float | None = None
+        pause = 0.00005
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.busy_timeout
+                elif now > deadline:
+                    raise
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 2, 0.002)
+
     @contextmanager
     def _tx(self) -> Iterator[_Tx]:
         conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._busy(lambda: conn.execute("BEGIN IMMEDIATE"))
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
         try:
@@ -190,13 +213,14 @@ class SqliteStore(Store):
 
     def _read(self, sql: str, params: Any = ()) -> list[Any]:
         try:
-            return self._conn().execute(sql, params).fetchall()
+            conn = self._conn()
+            return self._busy(lambda: conn.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._busy(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
                 tables = {
                     row[0]
@@ -675,9 +699,7 @@ class SqliteStore(Store):
             why = f"lease expired on node {node} during attempt {attempts} (node died or hung)"
             self._event(tx, "lease_expired", run_id, task_id, why)
             if attempts >= max_attempts:
-                self._fail(
-                    tx, task_id, run_id, f"{why}; no attempts left", "LeaseExpired", None
-                )
+                self._fail(tx, task_id, run_id, f"{why}; no attempts left", "LeaseExpired", None)
             else:
                 c.execute(
                     "UPDATE tasks SET state = 'ready', node_id = NULL, lease_expires_at = NULL, "
@@ -811,9 +833,7 @@ class SqliteStore(Store):
             "WHERE id IN (SELECT value FROM json_each(?))",
             (json.dumps(task_ids),),
         )
-        return [
-            TaskResult(r[0], TaskState(r[1]), r[2], r[3], r[4], r[5]) for r in rows
-        ]
+        return [TaskResult(r[0], TaskState(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
 
     def task(self, task_id: int) -> TaskInfo:
         rows = self._read(_TASK_INFO_SQL + " WHERE t.id = ?", (task_id,))
@@ -842,7 +862,17 @@ class SqliteStore(Store):
                 "SELECT state, count(*) FROM tasks WHERE run_id = ? GROUP BY state", (row[0],)
             )
         )
-        return RunInfo(*row, counts=counts)
+        return RunInfo(
+            id=row[0],
+            app=row[1],
+            name=row[2],
+            state=row[3],
+            root_task_id=row[4],
+            created_at=row[5],
+            finished_at=row[6],
+            error=row[7],
+            counts=counts,
+        )
 
     def runs(self, limit: int = 20) -> list[RunInfo]:
         rows = self._read(
@@ -861,7 +891,13 @@ class SqliteStore(Store):
         )
         return [
             NodeInfo(
-                *r[:7],
+                id=r[0],
+                name=r[1],
+                host=r[2],
+                pid=r[3],
+                queue=r[4],
+                slots=r[5],
+                mode=r[6],
                 capabilities=json.loads(r[7] or "[]"),
                 state=r[8],
                 started_at=r[9],

@@ -165,8 +165,14 @@ class Node:
         )
         pool = make_pool(self.mode, self.app, self.slots, node_id)
         self._started.set()
-        log.info("node %s (%d) serving app %s with %d %s slots", self.name, node_id,
-                 self.app.name, self.slots, self.mode)
+        log.info(
+            "node %s (%d) serving app %s with %d %s slots",
+            self.name,
+            node_id,
+            self.app.name,
+            self.slots,
+            self.mode,
+        )
         held: dict[int, ClaimedTask] = {}
         waiting: deque[ClaimedTask] = deque()
         done: list[Completion] = []
@@ -196,13 +202,18 @@ class Node:
                 flush = bool(done) and (
                     not waiting or len(done) >= FLUSH_COUNT or now - done_since >= FLUSH_AGE
                 )
-                refill = want > 0 and (look or now >= next_claim) and (
-                    len(waiting) <= max(self.slots, target // 2)
+                refill = (
+                    want > 0
+                    and (look or now >= next_claim)
+                    and (len(waiting) <= max(self.slots, target // 2))
                 )
                 if flush or refill:
                     try:
                         accepted, claimed = store.exchange(
-                            node_id, done, queue=self.app.name, claim=max(want, 0),
+                            node_id,
+                            done,
+                            queue=self.app.name,
+                            claim=max(want, 0),
                             lease_ttl=self.lease_ttl,
                         )
                     except StoreError as exc:
@@ -213,8 +224,9 @@ class Node:
                         held.pop(completion.task_id, None)
                         if not ok:
                             self.fenced += 1
-                            log.warning("completion of task %d refused: lease lost",
-                                        completion.task_id)
+                            log.warning(
+                                "completion of task %d refused: lease lost", completion.task_id
+                            )
                     self.executed += len(done)
                     done = []
                     for task in claimed:
@@ -314,15 +326,17 @@ class Node:
         while pool.active() and time.monotonic() < deadline and not self._hard_stop.is_set():
             done.extend(pool.wait(0.05))
             if done:
-                store.exchange(self.node_id, done, queue=self.app.name, claim=0,
-                               lease_ttl=self.lease_ttl)
+                store.exchange(
+                    self.node_id, done, queue=self.app.name, claim=0, lease_ttl=self.lease_ttl
+                )
                 for completion in done:
                     held.pop(completion.task_id, None)
                 done.clear()
         done.extend(pool.wait(0))
         if done:
-            store.exchange(self.node_id, done, queue=self.app.name, claim=0,
-                           lease_ttl=self.lease_ttl)
+            store.exchange(
+                self.node_id, done, queue=self.app.name, claim=0, lease_ttl=self.lease_ttl
+            )
             for completion in done:
                 held.pop(completion.task_id, None)
         unfinished = [(t.id, t.fence) for t in held.values()]

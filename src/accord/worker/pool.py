@@ -42,6 +42,8 @@ def crash_completion(task: ClaimedTask, why: str, error_type: str) -> Completion
 
 
 class Pool(Protocol):
+    fatal: str | None
+
     def free(self) -> int: ...
     def active(self) -> int: ...
     def start(self, task: ClaimedTask) -> None: ...
@@ -94,7 +96,7 @@ class ProcessPool:
         from accord.worker.child import child_main
 
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(  # type: ignore[attr-defined]
+        process = self._ctx.Process(
             target=child_main,
             args=(self._locator, self._store_url, child, self.node_id),
             name="accord-slot",
