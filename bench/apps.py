@@ -25,3 +25,11 @@ def gather(values: list[int]) -> int:
 @app.workflow
 def fan(width: int) -> accord.Handle[int]:
     return gather.submit([one.submit(i) for i in range(width)])
+
+
+@app.task
+def work(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds

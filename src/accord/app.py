@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import sys
 import time
@@ -10,11 +11,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from accord.errors import ConfigError, NotFoundError, StoreError
 from accord.handles import Handle, Run
+from accord.scheduling.policy import POLICIES, Policy, policy_named
 from accord.store import Store, open_store, resolve_url
 from accord.store.base import NewRun
 from accord.tasks import Task, TaskOptions
 
 if TYPE_CHECKING:
+    from accord.messaging import Mailbox, Topic
+    from accord.state import State
     from accord.worker.node import Node
 
 P = ParamSpec("P")
@@ -49,6 +53,7 @@ class App:
         store: str | Store | None = None,
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        policy: Policy | str = "cost",
     ) -> None:
         if not isinstance(name, str) or not name or not name.replace("_", "a").isalnum():
             raise ConfigError(
@@ -61,6 +66,14 @@ class App:
         if self._url is not None and not isinstance(self._url, str):
             raise ConfigError(f"store must be a URL string or a Store, not {store!r}")
         self.max_payload = max_payload
+        if isinstance(policy, str):
+            policy = policy_named(policy)
+        elif not isinstance(policy, Policy):
+            raise ConfigError(
+                f"policy must be a name ({', '.join(POLICIES)}) or an object with a key() "
+                f"method, not {policy!r}"
+            )
+        self.policy: Policy = policy
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._closed = False
         frame = inspect.currentframe()
@@ -82,6 +95,25 @@ class App:
     @property
     def store_url(self) -> str:
         return self._store.url if self._store is not None else resolve_url(self._url)
+
+    @property
+    def state(self) -> State:
+        """The app's namespace of the state store (keys under ``<app name>/``)."""
+        from accord.state import State
+
+        return State(self.store, f"{self.name}/")
+
+    def mailbox(self, name: str) -> Mailbox:
+        """The mailbox ``name`` (store-wide): point-to-point messages."""
+        from accord.messaging import Mailbox
+
+        return Mailbox(self.store, name)
+
+    def topic(self, name: str) -> Topic:
+        """The topic ``name`` (store-wide): broadcast messages."""
+        from accord.messaging import Topic
+
+        return Topic(self.store, name)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -120,6 +152,10 @@ class App:
         requires: Iterable[str] = (),
         resources: Mapping[str, float] | None = None,
         delay: float = 0.0,
+        deadline: float | datetime.datetime | None = None,
+        concurrency: int | None = None,
+        rate: float | None = None,
+        limit_key: str | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
@@ -136,6 +172,12 @@ class App:
         - ``requires``: capabilities a node must have; ``resources``: the
           ``cpu``/``gpu``/``memory`` slots the task needs.
         - ``delay``: seconds to wait before the task may start.
+        - ``deadline``: seconds after submission (or an aware datetime) by
+          which the task should finish; inside a priority band earlier
+          deadlines go first, and a miss is recorded as an event.
+        - ``concurrency``, ``rate``: at most this many running at once, and
+          at most this many starts per second, across all nodes; shared by
+          every task with the same ``limit_key`` (default: per task name).
         """
         return self._register(fn, options, workflow=False)
 

@@ -17,12 +17,15 @@ R = TypeVar("R")
 # A waiter checks the store's change counter (cheap) this often at first and
 # backs off to the slower pace while nothing changes.
 POLL_FAST = 0.0005
+POLL_QUICK = 0.002
+POLL_QUICK_FOR = 0.25
 POLL_SLOW = 0.02
 
 
 def wait_until(app: App, check: Any, timeout: float | None, what: str) -> Any:
     """Call ``check()`` until it returns non-None, re-checking after store commits."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = None if timeout is None else began + timeout
     store = app.store
     store.changed()
     while True:
@@ -34,7 +37,9 @@ def wait_until(app: App, check: Any, timeout: float | None, what: str) -> Any:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"{what} did not finish within {timeout} s")
             time.sleep(pause)
-            pause = min(pause * 1.5, POLL_SLOW)
+            # Stay quick for a short wait; back off for a long one.
+            cap = POLL_SLOW if time.monotonic() - began > POLL_QUICK_FOR else POLL_QUICK
+            pause = min(pause * 1.5, cap)
 
 
 def outcome(row: TaskResult, name: str) -> Any:

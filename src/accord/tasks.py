@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from accord import context, serde
 from accord.errors import ConfigError
 from accord.handles import Handle
+from accord.scheduling.policy import RESOURCE_KINDS
 from accord.store.base import NewRun, NewTask
 
 if TYPE_CHECKING:
@@ -20,7 +23,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-RESOURCE_KINDS = ("cpu", "gpu", "memory")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 _MAX_INT = 2**63 - 1
 
@@ -62,6 +64,10 @@ class TaskOptions:
     requires: tuple[str, ...] = ()
     resources: Mapping[str, float] | None = None
     delay: float = 0.0
+    deadline: float | datetime.datetime | None = None
+    concurrency: int | None = None
+    rate: float | None = None
+    limit_key: str | None = None
     idempotency_key: str | None = None
 
     def validated(self) -> TaskOptions:
@@ -86,6 +92,23 @@ class TaskOptions:
         if self.timeout is not None:
             _number("timeout", self.timeout, strict=True)
         _number("delay", self.delay)
+        if isinstance(self.deadline, datetime.datetime):
+            if self.deadline.tzinfo is None:
+                raise ConfigError(
+                    "deadline must be timezone-aware (for example datetime.now(timezone.utc) + "
+                    "timedelta(minutes=5)), or a number of seconds after submission"
+                )
+        elif self.deadline is not None:
+            _number("deadline (seconds after submission)", self.deadline, strict=True)
+        if self.concurrency is not None:
+            _integer("concurrency", self.concurrency, minimum=1)
+        if self.rate is not None:
+            _number("rate (tasks per second)", self.rate, strict=True)
+        if self.limit_key is not None:
+            if not isinstance(self.limit_key, str) or not _NAME.match(self.limit_key):
+                raise ConfigError(f"limit_key {self.limit_key!r} is invalid: use a plain name")
+            if self.concurrency is None and self.rate is None:
+                raise ConfigError("limit_key needs a concurrency or a rate to apply")
         if isinstance(self.requires, str) or not all(
             isinstance(r, str) and r for r in self.requires
         ):
@@ -175,11 +198,19 @@ class Task(Generic[P, R]):
         size = opts.size
         if callable(size):
             size = _number(f"size({self.name} arguments)", size(*args, **kwargs))
-        not_before = 0.0
-        if opts.delay:
-            import time
-
-            not_before = time.time() + opts.delay
+        now = time.time()
+        deadline_at: float | None = None
+        if isinstance(opts.deadline, datetime.datetime):
+            deadline_at = opts.deadline.timestamp()
+            if deadline_at <= now:
+                raise ConfigError(
+                    f"the deadline of {self.name}() ({opts.deadline.isoformat()}) is in the past"
+                )
+        elif opts.deadline is not None:
+            deadline_at = now + opts.deadline
+        limit_key = opts.limit_key
+        if limit_key is None and (opts.concurrency is not None or opts.rate is not None):
+            limit_key = f"task:{self.name}"
         new = NewTask(
             name=self.name,
             queue=opts.queue,
@@ -193,7 +224,11 @@ class Task(Generic[P, R]):
             timeout=opts.timeout,
             requires=list(opts.requires) or None,
             resources=dict(opts.resources) if opts.resources else None,
-            not_before=not_before,
+            ready_at=now + opts.delay if opts.delay else 0.0,
+            deadline_at=deadline_at,
+            limit_key=limit_key,
+            concurrency=opts.concurrency,
+            rate=opts.rate,
             idempotency_key=opts.idempotency_key,
         )
         return new, refs

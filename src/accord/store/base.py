@@ -11,7 +11,10 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from accord.scheduling.policy import NodeSpec, Policy
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 OPEN = ("pending", "ready", "running")
@@ -48,7 +51,11 @@ class NewTask:
     timeout: float | None = None
     requires: list[str] | None = None
     resources: dict[str, float] | None = None
-    not_before: float = 0.0
+    ready_at: float = 0.0  # eligible from (0: at once)
+    deadline_at: float | None = None
+    limit_key: str | None = None
+    concurrency: int | None = None
+    rate: float | None = None
     seq: int | None = None
     idempotency_key: str | None = None
 
@@ -77,6 +84,8 @@ class ClaimedTask:
     max_attempts: int
     timeout: float | None
     size: float
+    priority: int = 0
+    needs: dict[str, float] = field(default_factory=dict)
 
 
 class Outcome(enum.StrEnum):
@@ -100,6 +109,7 @@ class Completion:
     retryable: bool = True
     retry_delay: float | None = None
     forward_to: int | None = None
+    duration: float = 0.0  # seconds the attempt ran, as its slot measured
 
 
 @dataclass(slots=True, frozen=True)
@@ -119,7 +129,10 @@ class TaskInfo:
     created_at: float
     started_at: float | None
     finished_at: float | None
-    not_before: float
+    ready_at: float
+    deadline_at: float | None
+    requires: list[str]
+    resources: dict[str, float] | None
     error: str | None
     error_type: str | None
     traceback: str | None
@@ -161,6 +174,8 @@ class NodeInfo:
     slots: int
     mode: str
     capabilities: list[str]
+    resources: dict[str, float]
+    speed: float
     state: str
     started_at: float
     heartbeat_at: float
@@ -217,16 +232,32 @@ class Store(abc.ABC):
         queue: str,
         claim: int,
         lease_ttl: float,
+        node: NodeSpec | None = None,
+        free: dict[str, float] | None = None,
+        policy: Policy | None = None,
     ) -> tuple[list[bool], list[ClaimedTask]]:
         """Record ``completions`` and claim up to ``claim`` tasks, in one commit.
 
+        Claimed tasks are those ``node`` can run (capabilities), that fit in
+        ``free`` resources and pass their concurrency and rate limits, in
+        ``policy`` order (default :class:`~accord.scheduling.CostPolicy`).
         Returns, for each completion, whether it was accepted (``False``: the
-        attempt was fenced off), and the newly claimed tasks.
+        attempt was fenced off), and the newly claimed tasks in policy order.
         """
 
     @abc.abstractmethod
-    def heartbeat(self, node_id: int, lease_ttl: float, running: int) -> dict[int, int]:
+    def heartbeat(
+        self, node_id: int, lease_ttl: float, running: int, speed: float | None = None
+    ) -> dict[int, int]:
         """Extend the leases this node holds; return ``{task_id: fence}`` still held."""
+
+    @abc.abstractmethod
+    def best_ready_priority(self, queue: str) -> int | None:
+        """The highest priority among the queue's ready tasks (a cheap read)."""
+
+    @abc.abstractmethod
+    def ready_classes(self, queue: str | None = None) -> list[tuple[str, str, str | None, int]]:
+        """``(queue, req_key, resources_json, count)`` for each kind of ready task."""
 
     @abc.abstractmethod
     def release(self, node_id: int, held: list[tuple[int, int]]) -> int:
@@ -243,6 +274,8 @@ class Store(abc.ABC):
         slots: int,
         mode: str,
         capabilities: list[str],
+        resources: dict[str, float] | None = None,
+        speed: float = 1.0,
     ) -> int: ...
 
     @abc.abstractmethod

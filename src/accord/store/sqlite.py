@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +35,15 @@ from accord.errors import (
     StorageFullError,
     StoreError,
     StoreURLError,
+)
+from accord.scheduling.policy import (
+    Candidate,
+    CostPolicy,
+    NodeSpec,
+    Policy,
+    fits,
+    needs_of,
+    req_key,
 )
 from accord.store.base import (
     ClaimedTask,
@@ -49,8 +59,22 @@ from accord.store.base import (
     TaskResult,
     TaskState,
 )
+from accord.store.sqlite_state import SqliteStateMixin
 
 T = TypeVar("T")
+
+MAX_LEVELS = 64
+DEFAULT_POLICY = CostPolicy()
+
+
+@dataclass(slots=True)
+class _LimitState:
+    running: int
+    concurrency: int | None
+    rate: float | None
+    tokens: float
+    used: bool = False
+
 
 _OPEN_STATES = "('pending', 'ready', 'running')"
 _EXPIRED_BATCH = 64
@@ -58,7 +82,8 @@ _EXPIRED_BATCH = 64
 _TASK_INFO_SQL = """
 SELECT t.id, t.run_id, t.parent_id, t.name, t.queue, t.state, t.priority, t.attempts,
        t.max_attempts, t.fence, t.node_id, n.name, t.created_at, t.started_at,
-       t.finished_at, t.not_before, t.error, t.error_type, t.traceback, t.forward_to
+       t.finished_at, t.ready_at, t.deadline_at, t.requires, t.resources, t.error,
+       t.error_type, t.traceback, t.forward_to
 FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id
 """
 
@@ -120,7 +145,7 @@ class _Tx:
         self.touched: set[int] = set()
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteStateMixin, Store):
     """The embedded store, in one SQLite file (``sqlite:///path``)."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
@@ -137,7 +162,12 @@ class SqliteStore(Store):
                 f"the directory of the store file {self.path} does not exist; create it first",
                 path=self.path,
             )
-        self._migrate(self._conn())
+        self._precheck()
+        try:
+            self._migrate(self._conn())
+        except BaseException:
+            self.close()
+            raise
 
     # -- connections ------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -222,31 +252,7 @@ class SqliteStore(Store):
         try:
             self._busy(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
-                tables = {
-                    row[0]
-                    for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                }
-                version = 0
-                if tables:
-                    if "accord_meta" not in tables:
-                        raise SchemaError(
-                            f"{self.path} is an SQLite database but not an accord store "
-                            f"(it has tables {sorted(tables)[:5]}); use another file",
-                            path=self.path,
-                        )
-                    version = int(
-                        conn.execute(
-                            "SELECT value FROM accord_meta WHERE key = 'schema_version'"
-                        ).fetchone()[0]
-                    )
-                if version > SCHEMA_VERSION:
-                    raise SchemaError(
-                        f"{self.path} has schema version {version}, written by a newer accord; "
-                        f"this accord knows versions up to {SCHEMA_VERSION}: upgrade accord",
-                        path=self.path,
-                        found=version,
-                        supported=SCHEMA_VERSION,
-                    )
+                version = self._stored_version(conn)
                 if version == 0:
                     conn.execute("CREATE TABLE accord_meta (key TEXT PRIMARY KEY, value TEXT)")
                     conn.execute(
@@ -266,6 +272,52 @@ class SqliteStore(Store):
                 raise
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
+
+    def _stored_version(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version (0: empty); SchemaError if it is not an
+        accord store or was written by a newer accord."""
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if not tables:
+            return 0
+        row = None
+        if "accord_meta" in tables:
+            row = conn.execute(
+                "SELECT value FROM accord_meta WHERE key = 'schema_version'"
+            ).fetchone()
+        if row is None:
+            raise SchemaError(
+                f"{self.path} is an SQLite database but not an accord store "
+                f"(it has tables {sorted(tables)[:5]}); use another file",
+                path=self.path,
+            )
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path} has schema version {version}, written by a newer accord; "
+                f"this accord knows versions up to {SCHEMA_VERSION}: upgrade accord",
+                path=self.path,
+                found=version,
+                supported=SCHEMA_VERSION,
+            )
+        return version
+
+    def _precheck(self) -> None:
+        """Refuse a file that is not an accord store, or is too new, before
+        changing anything in it (switching it to WAL would rewrite its header)."""
+        if not os.path.isfile(self.path) or os.path.getsize(self.path) == 0:
+            return
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+        try:
+            self._stored_version(conn)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+        finally:
+            conn.close()
 
     def schema_version(self) -> int:
         return int(self._read("SELECT value FROM accord_meta WHERE key = 'schema_version'")[0][0])
@@ -362,6 +414,8 @@ class SqliteStore(Store):
                     ids.append(row[0])
                     states[row[0]] = row[1]
                     continue
+            if task.limit_key is not None:
+                self._define_limit(tx, task)
             deps = [ids[-d - 1] if d < 0 else d for d in task.deps]
             remaining = 0
             blocked: str | None = None
@@ -385,9 +439,10 @@ class SqliteStore(Store):
             task_id = c.execute(
                 "INSERT INTO tasks (run_id, parent_id, seq, idempotency_key, queue, name, state, "
                 "priority, weight, size, args, n_deps, deps_remaining, max_attempts, backoff, "
-                "max_backoff, timeout, requires, resources, not_before, created_at, error, "
-                "finished_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "max_backoff, timeout, requires, resources, ready_at, created_at, error, "
+                "finished_at, deadline_at, req_key, limit_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?) "
                 "RETURNING id",
                 (
                     run_id,
@@ -409,10 +464,13 @@ class SqliteStore(Store):
                     task.timeout,
                     json.dumps(task.requires) if task.requires else None,
                     json.dumps(task.resources) if task.resources else None,
-                    task.not_before,
+                    max(task.ready_at, tx.now),
                     tx.now,
                     blocked,
                     tx.now if blocked else None,
+                    task.deadline_at,
+                    req_key(task.requires),
+                    task.limit_key,
                 ),
             ).fetchone()[0]
             if deps:
@@ -433,6 +491,9 @@ class SqliteStore(Store):
         queue: str,
         claim: int,
         lease_ttl: float,
+        node: NodeSpec | None = None,
+        free: dict[str, float] | None = None,
+        policy: Policy | None = None,
     ) -> tuple[list[bool], list[ClaimedTask]]:
         with self._tx() as tx:
             accepted = [self._complete(tx, done) for done in completions]
@@ -442,7 +503,9 @@ class SqliteStore(Store):
                     (sum(accepted), node_id),
                 )
             self._finish_runs(tx)
-            claimed = self._claim(tx, node_id, queue, claim, lease_ttl) if claim > 0 else []
+            claimed = []
+            if claim > 0:
+                claimed = self._claim(tx, node_id, queue, claim, lease_ttl, node, free, policy)
             return accepted, claimed
 
     def _complete(self, tx: _Tx, done: Completion) -> bool:
@@ -451,12 +514,14 @@ class SqliteStore(Store):
             row = c.execute(
                 "UPDATE tasks SET state = 'succeeded', result = ?, finished_at = ?, "
                 "lease_expires_at = NULL WHERE id = ? AND fence = ? AND state = 'running' "
-                "RETURNING run_id",
+                "RETURNING run_id, deadline_at, late",
                 (done.result, tx.now, done.task_id, done.fence),
             ).fetchone()
             if row is None:
                 return False
             tx.touched.add(row[0])
+            if row[1] is not None and row[1] < tx.now and not row[2]:
+                self._late(tx, done.task_id, row[0], tx.now - row[1], "finished")
             self._settle(tx, done.task_id, "succeeded")
             return True
         row = c.execute(
@@ -476,7 +541,7 @@ class SqliteStore(Store):
             if delay is None:
                 delay = backoff_delay(attempts, backoff, max_backoff)
             c.execute(
-                "UPDATE tasks SET state = 'ready', not_before = ?, node_id = NULL, "
+                "UPDATE tasks SET state = 'ready', ready_at = ?, node_id = NULL, "
                 "lease_expires_at = NULL, error = ?, error_type = ?, traceback = ? WHERE id = ?",
                 (tx.now + delay, done.error, done.error_type, done.traceback, done.task_id),
             )
@@ -565,8 +630,9 @@ class SqliteStore(Store):
                         work.append((dep_id, "succeeded"))
                     else:
                         c.execute(
-                            "UPDATE tasks SET state = 'ready', deps_remaining = 0 WHERE id = ?",
-                            (dep_id,),
+                            "UPDATE tasks SET state = 'ready', deps_remaining = 0, "
+                            "ready_at = max(ready_at, ?) WHERE id = ?",
+                            (tx.now, dep_id),
                         )
                 elif forward_to == done_id:
                     c.execute(
@@ -645,22 +711,89 @@ class SqliteStore(Store):
             self._event(tx, f"run_{state}", run_id, None, error)
 
     def _claim(
-        self, tx: _Tx, node_id: int, queue: str, limit: int, lease_ttl: float
+        self,
+        tx: _Tx,
+        node_id: int,
+        queue: str,
+        limit: int,
+        lease_ttl: float,
+        node: NodeSpec | None,
+        free: dict[str, float] | None,
+        policy: Policy | None,
     ) -> list[ClaimedTask]:
         c = tx.c
         self._reclaim_expired(tx)
+        now = tx.now
+        node = node or NodeSpec()
+        policy = policy or DEFAULT_POLICY
+        free = dict(free) if free is not None else None
+        # Bounded candidates: the oldest eligible tasks of each (requirement
+        # class, priority) level, read off the tasks_ready index. Levels are
+        # found by skipping through the index, one seek each.
+        per_level = limit + 16
+        candidates: list[Any] = []
+        level = c.execute(
+            "SELECT req_key, priority FROM tasks WHERE queue = ? AND state = 'ready' "
+            "ORDER BY req_key, priority LIMIT 1",
+            (queue,),
+        ).fetchone()
+        levels = 0
+        while level is not None and levels < MAX_LEVELS:
+            levels += 1
+            level_req, level_priority = level
+            if node.can_meet(level_req):
+                candidates += c.execute(
+                    "SELECT id, priority, weight, size, ready_at, deadline_at, resources, "
+                    "limit_key FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = ? "
+                    "AND priority = ? AND ready_at <= ? ORDER BY ready_at LIMIT ?",
+                    (queue, level_req, level_priority, now, per_level),
+                ).fetchall()
+            level = c.execute(
+                "SELECT req_key, priority FROM tasks WHERE queue = ? AND state = 'ready' "
+                "AND (req_key, priority) > (?, ?) ORDER BY req_key, priority LIMIT 1",
+                (queue, level_req, level_priority),
+            ).fetchone()
+        if not candidates:
+            return []
+        speed = node.speed
+
+        def rank(r: Any) -> tuple[float, ...]:
+            return policy.key(Candidate(r[0], r[1], r[2], r[3], r[4], r[5]), now, speed)
+
+        candidates.sort(key=rank)
+        picked: list[int] = []
+        needs_by_id: dict[int, dict[str, float]] = {}
+        limits: dict[str, _LimitState | None] = {}
+        for r in candidates:
+            if len(picked) >= limit:
+                break
+            needs = needs_of(json.loads(r[6]) if r[6] else None)
+            if free is not None and not fits(needs, free):
+                continue
+            if r[7] is not None and not self._limit_allows(tx, r[7], limits):
+                continue
+            picked.append(r[0])
+            needs_by_id[r[0]] = needs
+            if free is not None:
+                for kind, amount in needs.items():
+                    free[kind] = free.get(kind, 0.0) - amount
+        self._save_limits(tx, limits)
+        if not picked:
+            return []
         rows = c.execute(
             "UPDATE tasks SET state = 'running', node_id = ?, attempts = attempts + 1, "
             "fence = fence + 1, lease_expires_at = ?, started_at = ? "
-            "WHERE id IN (SELECT id FROM tasks WHERE queue = ? AND state = 'ready' "
-            "AND not_before <= ? ORDER BY priority DESC, id LIMIT ?) "
+            "WHERE id IN (SELECT value FROM json_each(?)) "
             "RETURNING id, run_id, name, args, fence, attempts, max_attempts, timeout, size, "
-            "n_deps, priority",
-            (node_id, tx.now + lease_ttl, tx.now, queue, tx.now, limit),
+            "n_deps, priority, deadline_at, late",
+            (node_id, now + lease_ttl, now, json.dumps(picked)),
         ).fetchall()
-        rows.sort(key=lambda r: (-r[10], r[0]))
+        order = {task_id: i for i, task_id in enumerate(picked)}
+        rows.sort(key=lambda r: order[r[0]])
         claimed = []
         for row in rows:
+            if row[11] is not None and row[11] < now and not row[12]:
+                self._late(tx, row[0], row[1], now - row[11], "started")
             dep_results: list[bytes | None] = []
             if row[9]:
                 dep_results = [
@@ -683,9 +816,103 @@ class SqliteStore(Store):
                     max_attempts=row[6],
                     timeout=row[7],
                     size=row[8],
+                    priority=row[10],
+                    needs=needs_by_id[row[0]],
                 )
             )
         return claimed
+
+    def _late(self, tx: _Tx, task_id: int, run_id: int, by: float, what: str) -> None:
+        tx.c.execute("UPDATE tasks SET late = 1 WHERE id = ?", (task_id,))
+        self._event(tx, "deadline_missed", run_id, task_id, f"{what} {by:.3f}s after its deadline")
+
+    def _define_limit(self, tx: _Tx, task: NewTask) -> None:
+        burst = max(1.0, task.rate) if task.rate else 0.0
+        tx.c.execute(
+            "INSERT INTO limits (key, concurrency, rate, tokens, refilled_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+            "concurrency = excluded.concurrency, rate = excluded.rate",
+            (task.limit_key, task.concurrency, task.rate, burst, tx.now),
+        )
+
+    def _limit_allows(self, tx: _Tx, key: str, cache: dict[str, _LimitState | None]) -> bool:
+        if key not in cache:
+            row = tx.c.execute(
+                "SELECT concurrency, rate, tokens, refilled_at FROM limits WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                cache[key] = None
+            else:
+                concurrency, rate, tokens, refilled_at = row
+                running = tx.c.execute(
+                    "SELECT count(*) FROM tasks WHERE limit_key = ? AND state = 'running'", (key,)
+                ).fetchone()[0]
+                if rate:
+                    tokens = min(max(1.0, rate), tokens + (tx.now - refilled_at) * rate)
+                cache[key] = _LimitState(running, concurrency, rate, tokens)
+        state = cache[key]
+        if state is None:
+            return True
+        if state.concurrency is not None and state.running >= state.concurrency:
+            return False
+        if state.rate and state.tokens < 1.0:
+            return False
+        state.running += 1
+        if state.rate:
+            state.tokens -= 1.0
+            state.used = True
+        return True
+
+    def _save_limits(self, tx: _Tx, cache: dict[str, _LimitState | None]) -> None:
+        for key, state in cache.items():
+            if state is not None and state.used:
+                tx.c.execute(
+                    "UPDATE limits SET tokens = ?, refilled_at = ? WHERE key = ?",
+                    (state.tokens, tx.now, key),
+                )
+
+    def best_ready_priority(self, queue: str) -> int | None:
+        best: int | None = None
+        conn = self._conn()
+
+        def scan() -> int | None:
+            top: int | None = None
+            row = conn.execute(
+                "SELECT req_key FROM tasks WHERE queue = ? AND state = 'ready' "
+                "ORDER BY req_key LIMIT 1",
+                (queue,),
+            ).fetchone()
+            while row is not None:
+                high = conn.execute(
+                    "SELECT max(priority) FROM tasks WHERE queue = ? AND state = 'ready' "
+                    "AND req_key = ?",
+                    (queue, row[0]),
+                ).fetchone()[0]
+                if high is not None and (top is None or high > top):
+                    top = high
+                row = conn.execute(
+                    "SELECT req_key FROM tasks WHERE queue = ? AND state = 'ready' "
+                    "AND req_key > ? ORDER BY req_key LIMIT 1",
+                    (queue, row[0]),
+                ).fetchone()
+            return top
+
+        try:
+            best = self._busy(scan)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+        return best
+
+    def ready_classes(self, queue: str | None = None) -> list[tuple[str, str, str | None, int]]:
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in self._read(
+                "SELECT queue, req_key, resources, count(*) FROM tasks WHERE state = 'ready' "
+                "AND (? IS NULL OR queue = ?) GROUP BY queue, req_key, resources "
+                "ORDER BY queue, req_key",
+                (queue, queue),
+            )
+        ]
 
     def _reclaim_expired(self, tx: _Tx) -> None:
         c = tx.c
@@ -695,27 +922,36 @@ class SqliteStore(Store):
             "WHERE t.state = 'running' AND t.lease_expires_at < ? LIMIT ?",
             (tx.now, _EXPIRED_BATCH),
         ).fetchall()
+        failed = False
         for task_id, run_id, attempts, max_attempts, node in expired:
             why = f"lease expired on node {node} during attempt {attempts} (node died or hung)"
             self._event(tx, "lease_expired", run_id, task_id, why)
             if attempts >= max_attempts:
                 self._fail(tx, task_id, run_id, f"{why}; no attempts left", "LeaseExpired", None)
+                failed = True
             else:
                 c.execute(
                     "UPDATE tasks SET state = 'ready', node_id = NULL, lease_expires_at = NULL, "
                     "error = ?, error_type = 'LeaseExpired' WHERE id = ?",
                     (why, task_id),
                 )
+        if failed:
+            # The failed task may have been its run's last open one: end the run
+            # now, or it would stay 'running' until something else touched it.
+            self._finish_runs(tx)
 
-    def heartbeat(self, node_id: int, lease_ttl: float, running: int) -> dict[int, int]:
+    def heartbeat(
+        self, node_id: int, lease_ttl: float, running: int, speed: float | None = None
+    ) -> dict[int, int]:
         with self._tx() as tx:
             tx.c.execute(
                 "UPDATE tasks SET lease_expires_at = ? WHERE node_id = ? AND state = 'running'",
                 (tx.now + lease_ttl, node_id),
             )
             tx.c.execute(
-                "UPDATE nodes SET heartbeat_at = ?, running = ?, state = 'running' WHERE id = ?",
-                (tx.now, running, node_id),
+                "UPDATE nodes SET heartbeat_at = ?, running = ?, state = 'running', "
+                "speed = coalesce(?, speed) WHERE id = ?",
+                (tx.now, running, speed, node_id),
             )
             return dict(
                 tx.c.execute(
@@ -752,12 +988,27 @@ class SqliteStore(Store):
         slots: int,
         mode: str,
         capabilities: list[str],
+        resources: dict[str, float] | None = None,
+        speed: float = 1.0,
     ) -> int:
         with self._tx() as tx:
             node_id: int = tx.c.execute(
                 "INSERT INTO nodes (name, host, pid, queue, slots, mode, capabilities, "
-                "started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (name, host, pid, queue, slots, mode, json.dumps(capabilities), tx.now, tx.now),
+                "resources, speed, started_at, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    name,
+                    host,
+                    pid,
+                    queue,
+                    slots,
+                    mode,
+                    json.dumps(capabilities),
+                    json.dumps(resources or {}),
+                    speed,
+                    tx.now,
+                    tx.now,
+                ),
             ).fetchone()[0]
             self._event(tx, "node_started", None, None, f"{name} ({slots} {mode} slots)", node_id)
             return node_id
@@ -885,7 +1136,7 @@ class SqliteStore(Store):
     def nodes(self, include_stopped: bool = False) -> list[NodeInfo]:
         rows = self._read(
             "SELECT id, name, host, pid, queue, slots, mode, capabilities, state, started_at, "
-            "heartbeat_at, stopped_at, running, completed FROM nodes "
+            "heartbeat_at, stopped_at, running, completed, resources, speed FROM nodes "
             "WHERE state != 'stopped' OR ? ORDER BY id",
             (include_stopped,),
         )
@@ -899,6 +1150,8 @@ class SqliteStore(Store):
                 slots=r[5],
                 mode=r[6],
                 capabilities=json.loads(r[7] or "[]"),
+                resources=json.loads(r[14] or "{}"),
+                speed=r[15],
                 state=r[8],
                 started_at=r[9],
                 heartbeat_at=r[10],
@@ -938,11 +1191,14 @@ def _task_info(r: Any) -> TaskInfo:
         created_at=r[12],
         started_at=r[13],
         finished_at=r[14],
-        not_before=r[15],
-        error=r[16],
-        error_type=r[17],
-        traceback=r[18],
-        forward_to=r[19],
+        ready_at=r[15],
+        deadline_at=r[16],
+        requires=json.loads(r[17]) if r[17] else [],
+        resources=json.loads(r[18]) if r[18] else None,
+        error=r[19],
+        error_type=r[20],
+        traceback=r[21],
+        forward_to=r[22],
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import traceback as tb
 from collections.abc import Callable
+from typing import Any
 
 from accord import context, serde
 from accord.app import App
@@ -48,8 +50,25 @@ def execute(
         on_block=on_block,
     )
     token = context.enter(ctx)
+    started = time.perf_counter()
     try:
-        value = registered.fn(*args, **kwargs)
+        completion = _run(app, registered.fn, task, ctx, args, kwargs)
+    finally:
+        context.leave(token)
+    completion.duration = time.perf_counter() - started
+    return completion
+
+
+def _run(
+    app: App,
+    fn: Callable[..., Any],
+    task: ClaimedTask,
+    ctx: context.TaskContext,
+    args: list[Any],
+    kwargs: dict[str, Any],
+) -> Completion:
+    try:
+        value = fn(*args, **kwargs)
         ctx.flush()
         if isinstance(value, Handle):
             return Completion(task.id, task.fence, Outcome.FORWARD, forward_to=value.id)
@@ -72,8 +91,6 @@ def execute(
         return _error(task, str(exc), "TypeError", retryable=retryable)
     except Exception as exc:
         return _error(task, str(exc) or repr(exc), type(exc).__name__)
-    finally:
-        context.leave(token)
 
 
 def _error(

@@ -24,11 +24,13 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from accord.app import App
 from accord.errors import ConfigError, StoreError
-from accord.store.base import ClaimedTask, Completion
+from accord.scheduling.policy import NodeSpec, check_capacity, check_speed, fits
+from accord.store.base import ClaimedTask, Completion, Outcome
 from accord.worker.pool import Pool, make_pool
 
 log = logging.getLogger("accord.node")
@@ -44,6 +46,8 @@ IDLE_CLAIM_INTERVAL = 0.5
 # (only while queued tasks keep the slots busy).
 FLUSH_AGE = 0.005
 FLUSH_COUNT = 256
+# While the local queue is full, look for more urgent work at most this often.
+PROBE_INTERVAL = 0.002
 WAIT_FAST = 0.001
 WAIT_SLOW = 0.01
 
@@ -61,7 +65,13 @@ class Node:
     - ``heartbeat``: seconds between heartbeats (default ``lease_ttl / 3``).
     - ``grace``: seconds a stopping node lets running tasks finish before it
       stops them and hands them back (default 30).
-    - ``name``, ``capabilities``: shown in ``accord nodes``.
+    - ``capabilities``: labels this node offers (tasks ``requires`` them).
+    - ``resources``: capacity in ``cpu``, ``gpu`` and ``memory`` (MB) units;
+      default ``cpu`` = slots, ``gpu`` = 0, ``memory`` = physical memory. A
+      task needs one cpu unless its ``resources`` say otherwise.
+    - ``speed``: the initial estimate of the size this node completes per
+      second, v in the cost rule; the node then measures it.
+    - ``name``: shown in ``accord nodes``.
     """
 
     def __init__(
@@ -75,6 +85,8 @@ class Node:
         grace: float = 30.0,
         name: str | None = None,
         capabilities: list[str] | tuple[str, ...] = (),
+        resources: dict[str, float] | None = None,
+        speed: float = 1.0,
     ) -> None:
         if slots is None:
             slots = os.cpu_count() or 1
@@ -101,7 +113,16 @@ class Node:
         self.heartbeat_interval = float(heartbeat)
         self.grace = float(grace)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.capabilities = list(capabilities)
+        if isinstance(capabilities, str) or not all(
+            isinstance(c, str) and c and "," not in c for c in capabilities
+        ):
+            raise ConfigError(
+                f"capabilities must be a list of labels without commas, not {capabilities!r}"
+            )
+        self.capabilities = sorted(set(capabilities))
+        capacity = {"cpu": float(slots), "gpu": 0.0, "memory": _physical_memory_mb()}
+        capacity.update(check_capacity(resources or {}))
+        self.spec = NodeSpec(frozenset(self.capabilities), capacity, check_speed(speed))
         self.node_id: int | None = None
         self.executed = 0
         self.fenced = 0
@@ -162,6 +183,8 @@ class Node:
             slots=self.slots,
             mode=self.mode,
             capabilities=self.capabilities,
+            resources=self.spec.capacity,
+            speed=self.spec.speed,
         )
         pool = make_pool(self.mode, self.app, self.slots, node_id)
         self._started.set()
@@ -178,6 +201,8 @@ class Node:
         done: list[Completion] = []
         dispatched: dict[int, float] = {}
         look = True
+        urgent = False
+        next_probe = 0.0
         done_since = 0.0
         next_claim = 0.0
         next_heartbeat = time.monotonic() + self.heartbeat_interval
@@ -190,31 +215,51 @@ class Node:
                     break
                 if pool.fatal is not None:
                     raise ConfigError(pool.fatal)
-                while waiting and pool.free() > 0:
-                    task = waiting.popleft()
-                    dispatched[task.id] = now
-                    pool.start(task)
+                self._dispatch(pool, waiting, dispatched, now)
                 target = self._target()
                 want = target - len(waiting) - pool.active()
                 # Batch: while queued work keeps the slots busy, let results pile
                 # up for a few milliseconds and claim only when the queue runs low,
                 # so one commit carries many rows; when idle, go to the store at once.
                 flush = bool(done) and (
-                    not waiting or len(done) >= FLUSH_COUNT or now - done_since >= FLUSH_AGE
+                    not waiting
+                    or len(done) >= FLUSH_COUNT
+                    or now - done_since >= FLUSH_AGE
+                    # something more important than the queue finished: report it now
+                    or any(
+                        held[c.task_id].priority > waiting[0].priority
+                        for c in done
+                        if c.task_id in held
+                    )
                 )
                 refill = (
                     want > 0
                     and (look or now >= next_claim)
                     and (len(waiting) <= max(self.slots, target // 2))
                 )
+                if urgent and not self._stop.is_set():
+                    # More important work arrived than what is queued here:
+                    # claim it now, ahead of the local queue.
+                    want = max(want, self.slots)
+                    refill = True
                 if flush or refill:
+                    finishing = {completion.task_id for completion in done}
                     try:
                         accepted, claimed = store.exchange(
                             node_id,
                             done,
                             queue=self.app.name,
-                            claim=max(want, 0),
+                            claim=max(want, 0) if refill else 0,
                             lease_ttl=self.lease_ttl,
+                            node=self.spec,
+                            # Tasks finishing in this commit no longer take capacity:
+                            # their dependents can be claimed in the same commit.
+                            free=self._free(
+                                [t for t in held.values() if t.id not in finishing],
+                                pool,
+                                (target + (self.slots if urgent else 0)) / self.slots,
+                            ),
+                            policy=self.app.policy,
                         )
                     except StoreError as exc:
                         log.warning("store unavailable, retrying: %s", exc)
@@ -231,9 +276,22 @@ class Node:
                     done = []
                     for task in claimed:
                         held[task.id] = task
-                        waiting.append(task)
-                    look = want > 0 and len(claimed) == want
-                    next_claim = now + IDLE_CLAIM_INTERVAL
+                    if urgent and claimed and waiting:
+                        waiting = deque(sorted([*claimed, *waiting], key=_by_priority))
+                    else:
+                        waiting.extend(claimed)
+                    if refill:
+                        # Got some: more may be waiting (the batch may have been cut
+                        # by free resources). Got none: wait for someone's commit,
+                        # or the idle interval.
+                        urgent = False
+                        look = bool(claimed)
+                        next_claim = now + IDLE_CLAIM_INTERVAL
+                    elif accepted:
+                        # Results recorded without a claim may have made their
+                        # dependents ready; this node's own commit does not show
+                        # in store.changed(), so look at once.
+                        look = True
                     if claimed:
                         last_activity = now
                     continue
@@ -246,10 +304,14 @@ class Node:
                     last_activity = time.monotonic()
                     if not done:
                         done_since = last_activity
-                    self._learn(finished, dispatched, last_activity)
+                    self._learn(finished, dispatched, held, last_activity)
                     done.extend(finished)
                 if store.changed():
                     look = True
+                    if waiting and now >= next_probe:
+                        next_probe = now + PROBE_INTERVAL
+                        best = store.best_ready_priority(self.app.name)
+                        urgent = best is not None and best > waiting[0].priority
             self._drain(pool, held, waiting, done)
         finally:
             pool.close()
@@ -268,14 +330,66 @@ class Node:
         extra = int(PREFETCH_SECONDS / max(avg, 1e-5)) * self.slots
         return self.slots + min(extra, MAX_PREFETCH)
 
-    def _learn(self, finished: list[Completion], dispatched: dict[int, float], now: float) -> None:
+    def _free(
+        self, tasks: Iterable[ClaimedTask], pool: Pool, scale: float = 1.0
+    ) -> dict[str, float]:
+        """Capacity (times ``scale``) not taken by ``tasks``; a task that waits
+        on another lends its share meanwhile.
+
+        Claims use the capacity scaled by the prefetch factor, so that short
+        tasks can queue here while long ones are claimed only as they fit.
+        """
+        free = {kind: amount * scale for kind, amount in self.spec.capacity.items()}
+        lent = pool.blocked()
+        for task in tasks:
+            if task.id in lent:
+                continue
+            for kind, amount in task.needs.items():
+                free[kind] = free.get(kind, 0.0) - amount
+        return free
+
+    def _dispatch(
+        self,
+        pool: Pool,
+        waiting: deque[ClaimedTask],
+        dispatched: dict[int, float],
+        now: float,
+    ) -> None:
+        """Start queued tasks on free slots, in order, skipping those whose
+        resources are not free yet (smaller tasks go ahead meanwhile)."""
+        if not waiting or pool.free() <= 0:
+            return
+        free = self._free(pool.running(), pool)
+        skipped: list[ClaimedTask] = []
+        while waiting and pool.free() > 0:
+            task = waiting.popleft()
+            if not fits(task.needs, free):
+                skipped.append(task)
+                continue
+            for kind, amount in task.needs.items():
+                free[kind] = free.get(kind, 0.0) - amount
+            dispatched[task.id] = now
+            pool.start(task)
+        waiting.extendleft(reversed(skipped))
+
+    def _learn(
+        self,
+        finished: list[Completion],
+        dispatched: dict[int, float],
+        held: dict[int, ClaimedTask],
+        now: float,
+    ) -> None:
+        """Update the mean task duration (for prefetch) and the speed v = size / time."""
         for completion in finished:
             sent = dispatched.pop(completion.task_id, None)
             if sent is None:
                 continue
-            took = now - sent
+            took = max(completion.duration or (now - sent), 1e-6)
             avg = self._avg_duration
             self._avg_duration = took if avg is None else 0.9 * avg + 0.1 * took
+            task = held.get(completion.task_id)
+            if task is not None and task.size > 0 and completion.outcome is Outcome.OK:
+                self.spec.speed = 0.9 * self.spec.speed + 0.1 * (task.size / took)
 
     def _heartbeat(
         self,
@@ -286,7 +400,9 @@ class Node:
     ) -> float:
         assert self.node_id is not None
         try:
-            still = self.app.store.heartbeat(self.node_id, self.lease_ttl, len(held))
+            still = self.app.store.heartbeat(
+                self.node_id, self.lease_ttl, len(held), speed=self.spec.speed
+            )
         except StoreError as exc:
             if time.monotonic() - last_ok > self.lease_ttl - self.heartbeat_interval:
                 # Another node may take these tasks soon: stop their side effects now.
@@ -343,3 +459,14 @@ class Node:
         for task_id, _ in unfinished:
             pool.kill(task_id)
         store.release(self.node_id, unfinished)
+
+
+def _by_priority(task: ClaimedTask) -> int:
+    return -task.priority
+
+
+def _physical_memory_mb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return 0.0

@@ -12,12 +12,15 @@ recorded as failed, its thread abandoned and its eventual result discarded.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import select
 import signal
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -50,6 +53,7 @@ class Pool(Protocol):
     def wait(self, timeout: float) -> list[Completion]: ...
     def kill(self, task_id: int) -> bool: ...
     def running(self) -> list[ClaimedTask]: ...
+    def blocked(self) -> set[int]: ...
     def close(self) -> None: ...
 
 
@@ -60,6 +64,30 @@ def _exit_reason(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with code {code}"
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Keep spawn from re-running the parent's main script in the child.
+
+    The child imports the app's own module; running the caller's script
+    again there would be wasted at best, and without an
+    ``if __name__ == "__main__"`` guard would start it all over.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved: dict[str, Any] = {
+        name: main.__dict__[name] for name in ("__file__", "__spec__") if name in vars(main)
+    }
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 @dataclass(eq=False)
@@ -102,7 +130,11 @@ class ProcessPool:
             name="accord-slot",
             daemon=True,
         )
-        process.start()
+        if self._locator.startswith("__main__:"):
+            process.start()  # the app lives in the main script: the child runs it
+        else:
+            with _main_hidden():
+                process.start()
         child.close()
         proc = _Proc(process, parent)
         self._procs.append(proc)
@@ -126,6 +158,9 @@ class ProcessPool:
 
     def running(self) -> list[ClaimedTask]:
         return [p.task for p in self._procs if p.task is not None]
+
+    def blocked(self) -> set[int]:
+        return {p.task.id for p in self._procs if p.task is not None and p.blocked}
 
     def start(self, task: ClaimedTask) -> None:
         proc = next((p for p in self._procs if p.task is None), None)
@@ -308,6 +343,9 @@ class ThreadPool:
 
     def running(self) -> list[ClaimedTask]:
         return [t.task for t in self._threads if t.task is not None]
+
+    def blocked(self) -> set[int]:
+        return {t.task.id for t in self._threads if t.task is not None and t.blocked}
 
     def start(self, task: ClaimedTask) -> None:
         slot = next((t for t in self._threads if t.task is None), None)

@@ -40,7 +40,11 @@ CREATE TABLE tasks (
     fence             INTEGER NOT NULL DEFAULT 0,
     node_id           INTEGER,
     lease_expires_at  REAL,
-    not_before        REAL    NOT NULL DEFAULT 0,
+    ready_at          REAL    NOT NULL DEFAULT 0,  -- eligible from; aging counts from here
+    deadline_at       REAL,
+    late              INTEGER NOT NULL DEFAULT 0,  -- 1 once a missed deadline was recorded
+    req_key           TEXT    NOT NULL DEFAULT '', -- required capabilities, sorted, comma-joined
+    limit_key         TEXT,
     created_at        REAL    NOT NULL,
     started_at        REAL,
     finished_at       REAL,
@@ -52,8 +56,10 @@ CREATE TABLE tasks (
 -- A re-executed parent finds the children it made before instead of making them again.
 CREATE UNIQUE INDEX tasks_child ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL;
 CREATE UNIQUE INDEX tasks_idempotency ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
--- The claim path: ready tasks of a queue in priority order, and expired leases.
-CREATE INDEX tasks_ready ON tasks (queue, priority DESC, id) WHERE state = 'ready';
+-- The claim path: per queue, requirement class and priority, the oldest ready
+-- tasks first; a claim reads a bounded slice of each level, never the queue.
+CREATE INDEX tasks_ready ON tasks (queue, req_key, priority, ready_at) WHERE state = 'ready';
+CREATE INDEX tasks_limited ON tasks (limit_key) WHERE state = 'running' AND limit_key IS NOT NULL;
 CREATE INDEX tasks_leases ON tasks (lease_expires_at) WHERE state = 'running';
 CREATE INDEX tasks_node ON tasks (node_id) WHERE state = 'running';
 CREATE INDEX tasks_run ON tasks (run_id, state);
@@ -75,12 +81,23 @@ CREATE TABLE nodes (
     slots         INTEGER NOT NULL,
     mode          TEXT    NOT NULL,
     capabilities  TEXT,
+    resources     TEXT,
+    speed         REAL    NOT NULL DEFAULT 1,
     state         TEXT    NOT NULL DEFAULT 'running',
     started_at    REAL    NOT NULL,
     heartbeat_at  REAL    NOT NULL,
     stopped_at    REAL,
     running       INTEGER NOT NULL DEFAULT 0,
     completed     INTEGER NOT NULL DEFAULT 0
+);
+
+-- Concurrency and rate limits shared by every node: a token bucket per key.
+CREATE TABLE limits (
+    key          TEXT PRIMARY KEY,
+    concurrency  INTEGER,
+    rate         REAL,
+    tokens       REAL    NOT NULL DEFAULT 0,
+    refilled_at  REAL    NOT NULL DEFAULT 0
 );
 
 CREATE TABLE events (

@@ -1,0 +1,304 @@
+"""Benchmark of the state store and messaging on the embedded (SQLite) store.
+
+Prints, with durable commits (WAL, synchronous=FULL), each figure with the
+floor it must meet where the issue sets one:
+
+- get, put and compare-and-set operations per second, in one process and
+  summed over 4 processes (each on its own key, so every CAS succeeds; a
+  contended counter is shown as well);
+- watch delivery latency (a write in one process to a watcher in another)
+  p50 and p99;
+- mailbox messages per second, sent and acknowledged end to end (a sender
+  process and a receiver process), one message per call and in batches;
+- topic messages per second, published and received end to end.
+
+    python bench/bench_state.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import accord
+
+GET_FLOOR = 20_000
+PUT_FLOOR_1 = 2_000
+PUT_FLOOR_4 = 4_000
+WATCH_P50_FLOOR_MS = 10.0
+MAILBOX_FLOOR = 2_000
+
+
+def _app(url: str) -> accord.App:
+    return accord.App("bench", store=url)
+
+
+# -- workers (module level, so that spawn can find them) ----------------------
+def _ops_worker(url: str, kind: str, key: str, seconds: float, start: Any, out: Any) -> None:
+    with _app(url) as app:
+        state = app.state
+        version = state.put(key, 0) and state.get(key).version  # type: ignore[union-attr]
+        start.wait()
+        done = 0
+        t0 = time.perf_counter()
+        stop = t0 + seconds
+        while True:
+            for _ in range(50):
+                if kind == "get":
+                    state.get(key)
+                elif kind == "put":
+                    state.put(key, done)
+                elif kind == "cas":
+                    state.put(key, done, expect_version=version)
+                    version += 1
+                else:  # contended counter: read, then compare-and-set, retry on conflict
+                    while True:
+                        entry = state.get("counter")
+                        assert entry is not None
+                        try:
+                            state.put("counter", entry.value + 1, expect_version=entry.version)
+                            break
+                        except accord.ConflictError:
+                            pass
+                done += 1
+            if time.perf_counter() >= stop:
+                break
+        out.put(done / (time.perf_counter() - t0))
+
+
+def ops_per_second(url: str, kind: str, processes: int, seconds: float) -> float:
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    out = ctx.Queue()
+    if kind == "counter":
+        with _app(url) as app:
+            app.state.put("counter", 0)
+    procs = [
+        ctx.Process(target=_ops_worker, args=(url, kind, f"k{i}", seconds, start, out))
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(1.0 + 0.3 * processes)  # let them import and open the store
+    start.set()
+    rates = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    return float(sum(rates))
+
+
+def _watch_writer(url: str, count: int, pause: float, start: Any) -> None:
+    with _app(url) as app:
+        start.wait()
+        for i in range(count):
+            app.state.put("w/k", [i, time.monotonic()])
+            time.sleep(pause)
+
+
+def watch_latency(url: str, count: int) -> tuple[float, float]:
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    with _app(url) as app:
+        watch = app.state.watch("w/")
+        writer = ctx.Process(target=_watch_writer, args=(url, count, 0.002, start))
+        writer.start()
+        time.sleep(1.0)
+        start.set()
+        lat = []
+        for change in watch:
+            lat.append((time.monotonic() - change.value[1]) * 1000)
+            if change.value[0] == count - 1:
+                break
+        writer.join()
+    lat.sort()
+    return statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
+
+
+def _mailbox_sender(url: str, count: int, batch: int, start: Any) -> None:
+    with _app(url) as app:
+        box = app.mailbox("bench")
+        start.wait()
+        for i in range(0, count, batch):
+            if batch == 1:
+                box.send(i)
+            else:
+                box.send_many(list(range(i, min(count, i + batch))))
+
+
+def mailbox_rate(url: str, count: int, batch: int) -> float:
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    sender = ctx.Process(target=_mailbox_sender, args=(url, count, batch, start))
+    sender.start()
+    with _app(url) as app:
+        box = app.mailbox("bench")
+        box.receive(timeout=0)
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        start.set()
+        got = 0
+        while got < count:
+            if batch == 1:
+                m = box.receive(timeout=30)
+                assert m is not None
+                m.ack()
+                got += 1
+            else:
+                ms = box.receive_many(batch, timeout=30)
+                box.ack(ms)
+                got += len(ms)
+        elapsed = time.perf_counter() - t0
+    sender.join()
+    return count / elapsed
+
+
+def _publisher(url: str, name: str, count: int, batch: int, start: Any) -> None:
+    with _app(url) as app:
+        topic = app.topic(name)
+        start.wait()
+        for i in range(0, count, batch):
+            if batch == 1:
+                topic.publish(i)
+            else:
+                topic.publish_many(list(range(i, min(count, i + batch))))
+
+
+def topic_rate(url: str, count: int, batch: int) -> float:
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    with _app(url) as app:
+        sub = app.topic("bench").subscribe("reader", batch=max(batch, 100))
+        publisher = ctx.Process(target=_publisher, args=(url, "bench", count, batch, start))
+        publisher.start()
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        start.set()
+        for got, _ in enumerate(sub, 1):
+            if got == count:
+                break
+        elapsed = time.perf_counter() - t0
+        sub.close()
+    publisher.join()
+    return count / elapsed
+
+
+def _fresh(folder: Path, name: str) -> str:
+    url = f"sqlite:///{folder / name}.db"
+    _app(url).store.close()
+    return url
+
+
+def row(
+    label: str, value: float, unit: str, floor: float | None = None, lower: bool = False
+) -> str:
+    if floor is None:
+        verdict = ""
+    else:
+        ok = value <= floor if lower else value >= floor
+        verdict = f"  ({'<=' if lower else '>='} {floor:,.0f}: {'ok' if ok else 'MISSED'})"
+    return f"{label:<48} {value:>12,.1f} {unit}{verdict}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    args = parser.parse_args()
+    seconds = 1.0 if args.quick else 3.0
+    scale = 1 if not args.quick else 0
+    print(f"accord {accord.__version__}, {os.cpu_count()} CPUs, SQLite WAL synchronous=FULL")
+    with tempfile.TemporaryDirectory(prefix="accord-bench-state-") as tmp:
+        folder = Path(tmp)
+        lines: list[Callable[[], str]] = [
+            lambda: row(
+                "get /s, 1 process",
+                ops_per_second(_fresh(folder, "g1"), "get", 1, seconds),
+                "ops/s",
+                GET_FLOOR,
+            ),
+            lambda: row(
+                "get /s, 4 processes",
+                ops_per_second(_fresh(folder, "g4"), "get", 4, seconds),
+                "ops/s",
+            ),
+            lambda: row(
+                "put /s, 1 process",
+                ops_per_second(_fresh(folder, "p1"), "put", 1, seconds),
+                "ops/s",
+                PUT_FLOOR_1,
+            ),
+            lambda: row(
+                "put /s, 4 processes (sum)",
+                ops_per_second(_fresh(folder, "p4"), "put", 4, seconds),
+                "ops/s",
+                PUT_FLOOR_4,
+            ),
+            lambda: row(
+                "compare-and-set /s, 1 process",
+                ops_per_second(_fresh(folder, "c1"), "cas", 1, seconds),
+                "ops/s",
+                PUT_FLOOR_1,
+            ),
+            lambda: row(
+                "compare-and-set /s, 4 processes (sum)",
+                ops_per_second(_fresh(folder, "c4"), "cas", 4, seconds),
+                "ops/s",
+                PUT_FLOOR_4,
+            ),
+            lambda: row(
+                "contended counter increments /s, 4 processes",
+                ops_per_second(_fresh(folder, "n4"), "counter", 4, seconds),
+                "ops/s",
+            ),
+        ]
+        for line in lines:
+            print(line(), flush=True)
+        p50, p99 = watch_latency(_fresh(folder, "w"), 500 + 1500 * scale)
+        print(row("watch delivery latency p50", p50, "ms", WATCH_P50_FLOOR_MS, lower=True))
+        print(row("watch delivery latency p99", p99, "ms"))
+        count = 2000 + 8000 * scale
+        print(
+            row(
+                "mailbox sent+acked /s, batches of 100",
+                mailbox_rate(_fresh(folder, "mb"), count, 100),
+                "msg/s",
+                MAILBOX_FLOOR,
+            ),
+            flush=True,
+        )
+        print(
+            row(
+                "mailbox sent+acked /s, one per call",
+                mailbox_rate(_fresh(folder, "m1"), count // 4, 1),
+                "msg/s",
+            ),
+            flush=True,
+        )
+        print(
+            row(
+                "topic published+received /s, batches of 100",
+                topic_rate(_fresh(folder, "tb"), count, 100),
+                "msg/s",
+            ),
+            flush=True,
+        )
+        print(
+            row(
+                "topic published+received /s, one per call",
+                topic_rate(_fresh(folder, "t1"), count // 4, 1),
+                "msg/s",
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
