@@ -22,8 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from accord.app import App, locate, locate_task
-from accord.errors import AccordError, TaskError
+from accord.errors import AccordError, ConfigError, TaskError
 from accord.handles import Run
+from accord.scheduling.report import live_nodes, unschedulable, unschedulable_reason
 from accord.store import open_store
 from accord.store.base import TERMINAL
 
@@ -173,6 +174,10 @@ def worker(
     grace: Annotated[float, typer.Option(envvar="ACCORD_GRACE")] = 30.0,
     name: Annotated[str | None, typer.Option(envvar="ACCORD_NODE_NAME")] = None,
     capability: Annotated[list[str] | None, typer.Option(help="capability label")] = None,
+    resource: Annotated[
+        list[str] | None, typer.Option(help="capacity as KIND=AMOUNT (cpu, gpu, memory in MB)")
+    ] = None,
+    speed: Annotated[float, typer.Option(envvar="ACCORD_SPEED", help="initial speed v")] = 1.0,
 ) -> None:
     """Run a node: claim and run the app's tasks until SIGTERM or Ctrl-C."""
     _cwd_on_path()
@@ -188,9 +193,24 @@ def worker(
             grace=grace,
             name=name,
             capabilities=capability or [],
+            resources=_resources(resource or []),
+            speed=speed,
         )
         node.install_signal_handlers()
         node.run()
+
+
+def _resources(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        kind, sep, amount = item.partition("=")
+        try:
+            out[kind.strip()] = float(amount)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"--resource {item!r} must look like KIND=AMOUNT, e.g. gpu=1")
+    return out
 
 
 @cli.command()
@@ -225,6 +245,7 @@ def tasks(
     """Show each task of a run: state, node, attempts, timings, error."""
     with _errors(), open_store(store) as s:
         info = s.run(run_id)
+        nodes_now = s.nodes()
         table = Table(
             "task",
             "name",
@@ -237,6 +258,11 @@ def tasks(
             title=f"run {info.id} ({info.name}): {info.state}",
         )
         for t in s.tasks(run_id):
+            note = t.error or ""
+            if t.state.value == "ready":
+                why = unschedulable_reason(t.queue, t.requires, t.resources, nodes_now)
+                if why is not None:
+                    note = f"unschedulable: {why}"
             table.add_row(
                 str(t.id),
                 t.name,
@@ -245,9 +271,38 @@ def tasks(
                 f"{t.attempts}/{t.max_attempts}",
                 _secs(t.created_at, t.started_at),
                 _secs(t.started_at, t.finished_at),
-                (t.error or "")[:80],
+                note[:100],
             )
         out.print(table)
+
+
+@cli.command()
+def status(store: StoreOpt = None) -> None:
+    """Queues, live nodes, and ready tasks that no live node can run."""
+    with _errors(), open_store(store) as s:
+        nodes_now = s.nodes()
+        classes = s.ready_classes()
+        queues = sorted({c[0] for c in classes} | {n.queue for n in nodes_now})
+        table = Table("app", "ready", "live nodes", "slots", "running")
+        for queue in queues:
+            ready = sum(c[3] for c in classes if c[0] == queue)
+            live = live_nodes(nodes_now, queue)
+            table.add_row(
+                queue,
+                str(ready),
+                str(len(live)),
+                str(sum(n.slots for n in live)),
+                str(sum(n.running for n in live)),
+            )
+        out.print(table)
+        stuck = unschedulable(classes, nodes_now)
+        if stuck:
+            bad = Table("app", "requires", "resources", "tasks", "why", title="unschedulable")
+            for queue, requires, resources, count, reason in stuck:
+                bad.add_row(queue, requires or "-", resources or "-", str(count), reason)
+            out.print(bad)
+        else:
+            out.print("every ready task can run on a live node")
 
 
 @cli.command()
@@ -275,6 +330,9 @@ def nodes(
             "app",
             "slots",
             "mode",
+            "capabilities",
+            "resources",
+            "speed",
             "running",
             "completed",
             "state",
@@ -289,6 +347,9 @@ def nodes(
                 n.queue,
                 str(n.slots),
                 n.mode,
+                ",".join(n.capabilities) or "-",
+                " ".join(f"{k}={v:g}" for k, v in sorted(n.resources.items())) or "-",
+                f"{n.speed:.3g}",
                 str(n.running),
                 str(n.completed),
                 n.state,

@@ -748,11 +748,7 @@ class SqliteStore(SqliteStateMixin, Store):
                     "AND priority = ? AND ready_at <= ? ORDER BY ready_at LIMIT ?",
                     (queue, level_req, level_priority, now, per_level),
                 ).fetchall()
-            level = c.execute(
-                "SELECT req_key, priority FROM tasks WHERE queue = ? AND state = 'ready' "
-                "AND (req_key, priority) > (?, ?) ORDER BY req_key, priority LIMIT 1",
-                (queue, level_req, level_priority),
-            ).fetchone()
+            level = self._next_level(c, queue, level_req, level_priority)
         if not candidates:
             return []
         speed = node.speed
@@ -821,6 +817,29 @@ class SqliteStore(SqliteStateMixin, Store):
                 )
             )
         return claimed
+
+    @staticmethod
+    def _next_level(
+        c: sqlite3.Connection, queue: str, req: str, priority: int
+    ) -> tuple[str, int] | None:
+        """The (req_key, priority) level after this one in index order.
+
+        Two strict-range seeks rather than one row-value comparison, which
+        SQLite answers by scanning every row of the current level.
+        """
+        row = c.execute(
+            "SELECT priority FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = ? "
+            "AND priority > ? ORDER BY priority LIMIT 1",
+            (queue, req, priority),
+        ).fetchone()
+        if row is not None:
+            return req, row[0]
+        found = c.execute(
+            "SELECT req_key, priority FROM tasks WHERE queue = ? AND state = 'ready' "
+            "AND req_key > ? ORDER BY req_key, priority LIMIT 1",
+            (queue, req),
+        ).fetchone()
+        return (found[0], found[1]) if found is not None else None
 
     def _late(self, tx: _Tx, task_id: int, run_id: int, by: float, what: str) -> None:
         tx.c.execute("UPDATE tasks SET late = 1 WHERE id = ?", (task_id,))
