@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from accord.app import App, locate, locate_task
+from accord.cli_state import register as register_state_commands
 from accord.errors import AccordError, ConfigError, TaskError
 from accord.handles import Run
 from accord.scheduling.report import live_nodes, unschedulable, unschedulable_reason
@@ -36,7 +37,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 StoreOpt = Annotated[
     str | None,
@@ -81,10 +82,23 @@ def _parse_arg(text: str) -> Any:
         return text
 
 
-def follow(app: App, run: Run, *, label: str, show: bool = True) -> Any:
-    """Wait for ``run`` while showing a progress bar of its tasks."""
+def follow(
+    app: App,
+    run: Run,
+    *,
+    label: str,
+    show: bool = True,
+    check: Callable[[], None] | None = None,
+) -> Any:
+    """Wait for ``run`` while showing a progress bar of its tasks; ``check``
+    raises if the in-process node stopped on an error."""
     if not show:
-        return run.wait()
+        while True:
+            try:
+                return run.wait(0.5)
+            except TimeoutError:
+                if check is not None:
+                    check()
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -102,6 +116,8 @@ def follow(app: App, run: Run, *, label: str, show: bool = True) -> Any:
             progress.update(bar, total=max(total, 1), completed=ended, detail=f"{running} running")
             if info.state != "running":
                 break
+            if check is not None:
+                check()
             time.sleep(0.1)
     return run.wait()
 
@@ -129,10 +145,14 @@ def run(
         started = app.start(workflow, *values)
         err.print(f"run {started.id} started ({workflow.name})", highlight=False)
         options = {"slots": slots} if slots else {}
-        with app.embedded_node(**options):
+        embedded = app.embedded_node(**options)
+        with embedded:
             try:
                 value = _with_timeout(
-                    lambda: follow(app, started, label=workflow.name, show=progress), timeout
+                    lambda: follow(
+                        app, started, label=workflow.name, show=progress, check=embedded.check
+                    ),
+                    timeout,
                 )
             except TaskError as exc:
                 err.print(f"[red]run {started.id} failed:[/red] {exc}", highlight=False)
@@ -268,7 +288,7 @@ def tasks(
                 t.name,
                 t.state.value,
                 t.node_name or "-",
-                f"{t.attempts}/{t.max_attempts}",
+                f"{t.attempts}/{t.max_attempts}" + (f" +{t.losses} lost" if t.losses else ""),
                 _secs(t.created_at, t.started_at),
                 _secs(t.started_at, t.finished_at),
                 note[:100],
@@ -403,6 +423,9 @@ def demo(
         raise typer.Exit(2) from None
     with _errors():
         demo_module.main(store=store, slots=slots, seed=seed, console=out, progress=err)
+
+
+register_state_commands(cli)  # accord state | mailbox | topic ...
 
 
 def main() -> None:

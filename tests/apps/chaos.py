@@ -46,9 +46,18 @@ def square(key: int) -> int:
     return key * key + 1
 
 
-@app.task
+# A lease that expires (its node died) counts as an attempt, like a failure:
+# that bounds a task that kills its node (see ``kill_node``). Tasks that must
+# survive repeated node kills therefore need retries.
+@app.task(retries=20, backoff=0.05, max_backoff=0.1)
 def work(key: Any, seconds: float = 0.0) -> dict[str, Any]:
     """Sleep ``seconds``; the recorded result names the attempt that made it."""
+    return _run(key, seconds)
+
+
+@app.task
+def plain(key: Any, seconds: float = 0.0) -> dict[str, Any]:
+    """``work`` with the default options (no retries)."""
     return _run(key, seconds)
 
 
@@ -89,9 +98,28 @@ def segfault(key: Any) -> None:
     ctypes.string_at(0)
 
 
-@app.task(retries=1, backoff=0.05, max_backoff=0.1)
+@app.task
 def kill_node(key: Any) -> None:
     """Poison: SIGKILL the node that runs this attempt, then exit."""
     record("start", key)
     os.kill(os.getppid(), signal.SIGKILL)
     os._exit(1)
+
+
+@app.task(retries=20, backoff=0.05, max_backoff=0.1)
+def gather(results: list[dict[str, Any]]) -> list[Any]:
+    """The values of ``work`` results, in order."""
+    return [r["value"] for r in results]
+
+
+@app.workflow(retries=20, backoff=0.05, max_backoff=0.1)
+def fan_out(n: int, seconds: float, batch: int = 50, pause: float = 0.05) -> accord.Handle[Any]:
+    """Submit ``n`` ``work`` children in batches (slowly, so a fault can hit
+    the parent half-way), then gather their values. A re-executed parent finds
+    the children its earlier attempt made, so none is made twice."""
+    record("start", "fan_out")
+    handles: list[accord.Handle[dict[str, Any]]] = []
+    for lo in range(0, n, batch):
+        handles.extend(work.submit(k, seconds) for k in range(lo, min(n, lo + batch)))
+        time.sleep(pause)
+    return gather.submit(handles)

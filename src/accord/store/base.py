@@ -137,6 +137,7 @@ class TaskInfo:
     error_type: str | None
     traceback: str | None
     forward_to: int | None
+    losses: int = 0  # leases lost because its node died or hung
 
 
 @dataclass(slots=True, frozen=True)
@@ -253,7 +254,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def best_ready_priority(self, queue: str) -> int | None:
-        """The highest priority among the queue's ready tasks (a cheap read)."""
+        """The highest priority among the queue's ready tasks that are eligible
+        now (``ready_at`` passed), a cheap read."""
 
     @abc.abstractmethod
     def ready_classes(self, queue: str | None = None) -> list[tuple[str, str, str | None, int]]:

@@ -64,6 +64,9 @@ from accord.store.sqlite_state import SqliteStateMixin
 T = TypeVar("T")
 
 MAX_LEVELS = 64
+# A task whose lease expires this many times (its nodes died or hung while
+# holding it) is failed; lease losses do not count against its retries.
+MAX_LEASE_LOSSES = 3
 DEFAULT_POLICY = CostPolicy()
 
 
@@ -83,7 +86,7 @@ _TASK_INFO_SQL = """
 SELECT t.id, t.run_id, t.parent_id, t.name, t.queue, t.state, t.priority, t.attempts,
        t.max_attempts, t.fence, t.node_id, n.name, t.created_at, t.started_at,
        t.finished_at, t.ready_at, t.deadline_at, t.requires, t.resources, t.error,
-       t.error_type, t.traceback, t.forward_to
+       t.error_type, t.traceback, t.forward_to, t.losses
 FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id
 """
 
@@ -901,12 +904,16 @@ class SqliteStore(SqliteStateMixin, Store):
                 "ORDER BY req_key LIMIT 1",
                 (queue,),
             ).fetchone()
+            now = time.time()
             while row is not None:
-                high = conn.execute(
-                    "SELECT max(priority) FROM tasks WHERE queue = ? AND state = 'ready' "
-                    "AND req_key = ?",
-                    (queue, row[0]),
-                ).fetchone()[0]
+                # Only eligible tasks: a delayed task or a retry waiting out its
+                # backoff cannot be claimed yet, so it is not more urgent work.
+                found = conn.execute(
+                    "SELECT priority FROM tasks WHERE queue = ? AND state = 'ready' "
+                    "AND req_key = ? AND ready_at <= ? ORDER BY priority DESC LIMIT 1",
+                    (queue, row[0], now),
+                ).fetchone()
+                high = found[0] if found is not None else None
                 if high is not None and (top is None or high > top):
                     top = high
                 row = conn.execute(
@@ -935,24 +942,36 @@ class SqliteStore(SqliteStateMixin, Store):
 
     def _reclaim_expired(self, tx: _Tx) -> None:
         c = tx.c
+        # A lost lease is the node's fault, not the task's: it does not use up
+        # the task's retries. It is still bounded (MAX_LEASE_LOSSES), so that a
+        # task that kills or hangs every node that runs it ends up failed.
         expired = c.execute(
-            "SELECT t.id, t.run_id, t.attempts, t.max_attempts, n.name FROM tasks t "
+            "SELECT t.id, t.run_id, t.losses, n.name FROM tasks t "
             "LEFT JOIN nodes n ON n.id = t.node_id "
             "WHERE t.state = 'running' AND t.lease_expires_at < ? LIMIT ?",
             (tx.now, _EXPIRED_BATCH),
         ).fetchall()
         failed = False
-        for task_id, run_id, attempts, max_attempts, node in expired:
-            why = f"lease expired on node {node} during attempt {attempts} (node died or hung)"
+        for task_id, run_id, losses, node in expired:
+            losses += 1
+            why = f"lease expired on node {node} (the node died or hung; loss {losses})"
             self._event(tx, "lease_expired", run_id, task_id, why)
-            if attempts >= max_attempts:
-                self._fail(tx, task_id, run_id, f"{why}; no attempts left", "LeaseExpired", None)
+            if losses >= MAX_LEASE_LOSSES:
+                self._fail(
+                    tx,
+                    task_id,
+                    run_id,
+                    f"lost its lease {losses} times: every node that ran it died or hung",
+                    "LeaseExpired",
+                    None,
+                )
                 failed = True
             else:
                 c.execute(
                     "UPDATE tasks SET state = 'ready', node_id = NULL, lease_expires_at = NULL, "
-                    "error = ?, error_type = 'LeaseExpired' WHERE id = ?",
-                    (why, task_id),
+                    "attempts = attempts - 1, losses = ?, error = ?, "
+                    "error_type = 'LeaseExpired' WHERE id = ?",
+                    (losses, why, task_id),
                 )
         if failed:
             # The failed task may have been its run's last open one: end the run
@@ -1218,6 +1237,7 @@ def _task_info(r: Any) -> TaskInfo:
         error_type=r[20],
         traceback=r[21],
         forward_to=r[22],
+        losses=r[23],
     )
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 from multiprocessing.connection import Connection
 
 import msgspec
 
 from accord.store.base import ClaimedTask
+
+PR_SET_PDEATHSIG = 1
 
 
 def child_main(locator: str, store_url: str, conn: Connection, node_id: int) -> None:
@@ -17,6 +22,7 @@ def child_main(locator: str, store_url: str, conn: Connection, node_id: int) -> 
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
     encode = msgspec.msgpack.Encoder().encode
     try:
         from accord.app import locate
@@ -47,3 +53,22 @@ def child_main(locator: str, store_url: str, conn: Connection, node_id: int) -> 
 
         completion = execute(app, task, node_id=node_id, on_block=on_block)
         conn.send_bytes(encode(completion))
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to kill this slot when its node dies (Linux).
+
+    A node killed with SIGKILL cannot stop its slots; without this a slot
+    would finish its task (side effects included) for an attempt the store
+    will refuse anyway.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the node died before the request took effect
+        os._exit(1)

@@ -101,7 +101,11 @@ class Node:
                 raise ConfigError(f"{label} must be a positive number of seconds, not {value!r}")
         if heartbeat is None:
             heartbeat = lease_ttl / 3
-        if not isinstance(heartbeat, int | float) or not 0 < heartbeat < lease_ttl:
+        if (
+            isinstance(heartbeat, bool)
+            or not isinstance(heartbeat, int | float)
+            or not 0 < heartbeat < lease_ttl
+        ):
             raise ConfigError(
                 f"heartbeat ({heartbeat!r}) must be positive and shorter than lease_ttl "
                 f"({lease_ttl}), or a live node would lose its leases"

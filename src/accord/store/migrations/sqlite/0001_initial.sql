@@ -37,6 +37,7 @@ CREATE TABLE tasks (
     requires          TEXT,
     resources         TEXT,
     attempts          INTEGER NOT NULL DEFAULT 0,
+    losses            INTEGER NOT NULL DEFAULT 0,  -- leases lost (node died or hung)
     fence             INTEGER NOT NULL DEFAULT 0,
     node_id           INTEGER,
     lease_expires_at  REAL,
