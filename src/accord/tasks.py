@@ -110,9 +110,12 @@ class TaskOptions:
             if self.concurrency is None and self.rate is None:
                 raise ConfigError("limit_key needs a concurrency or a rate to apply")
         if isinstance(self.requires, str) or not all(
-            isinstance(r, str) and r for r in self.requires
+            isinstance(r, str) and r and "," not in r for r in self.requires
         ):
-            raise ConfigError(f"requires must be a list of capability names, not {self.requires!r}")
+            raise ConfigError(
+                f"requires must be a list of capability names without commas, "
+                f"not {self.requires!r}"
+            )
         if self.resources is not None:
             if not isinstance(self.resources, Mapping):
                 raise ConfigError(f"resources must be a mapping, not {self.resources!r}")

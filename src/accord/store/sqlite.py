@@ -393,7 +393,14 @@ class SqliteStore(SqliteStateMixin, Store):
         ).fetchone()
         if row is None:
             return None
-        if row[2] != task.name or bytes(row[3]) != task.args:
+        # Handles among the arguments are stored as positions: compare what they point at.
+        deps = [
+            r[0]
+            for r in c.execute(
+                "SELECT dep_id FROM deps WHERE task_id = ? AND pos >= 0 ORDER BY pos", (row[0],)
+            )
+        ]
+        if row[2] != task.name or bytes(row[3]) != task.args or deps != list(task.deps):
             raise ConflictError(
                 f"idempotency key {task.idempotency_key!r} was used for task {row[0]} "
                 f"({row[2]}) with other arguments; use a new key for a different call",
@@ -752,6 +759,17 @@ class SqliteStore(SqliteStateMixin, Store):
                     (queue, level_req, level_priority, now, per_level),
                 ).fetchall()
             level = self._next_level(c, queue, level_req, level_priority)
+        # Tasks with deadlines come first inside their band, wherever they sit:
+        # the earliest deadlines join the candidates through their own index.
+        seen = {r[0] for r in candidates}
+        for r in c.execute(
+            "SELECT id, priority, weight, size, ready_at, deadline_at, resources, limit_key, "
+            "req_key FROM tasks WHERE queue = ? AND state = 'ready' AND deadline_at IS NOT NULL "
+            "AND ready_at <= ? ORDER BY deadline_at LIMIT ?",
+            (queue, now, per_level),
+        ):
+            if r[0] not in seen and node.can_meet(r[8]):
+                candidates.append(r[:8])
         if not candidates:
             return []
         speed = node.speed
@@ -767,7 +785,9 @@ class SqliteStore(SqliteStateMixin, Store):
             if len(picked) >= limit:
                 break
             needs = needs_of(json.loads(r[6]) if r[6] else None)
-            if free is not None and not fits(needs, free):
+            # ``free`` may be scaled up for prefetch; a task needing more than
+            # the node has at all could never start there: leave it ready.
+            if free is not None and not (fits(needs, free) and node.can_hold(needs)):
                 continue
             if r[7] is not None and not self._limit_allows(tx, r[7], limits):
                 continue
@@ -940,8 +960,20 @@ class SqliteStore(SqliteStateMixin, Store):
             )
         ]
 
+    def _record_overdue(self, tx: _Tx) -> None:
+        """Record a deadline miss for open tasks past their deadline, once each."""
+        overdue = tx.c.execute(
+            "SELECT id, run_id, deadline_at, state FROM tasks WHERE late = 0 "
+            "AND deadline_at IS NOT NULL AND state IN ('pending', 'ready', 'running') "
+            "AND deadline_at < ? ORDER BY deadline_at LIMIT ?",
+            (tx.now, _EXPIRED_BATCH),
+        ).fetchall()
+        for task_id, run_id, deadline_at, state in overdue:
+            self._late(tx, task_id, run_id, tx.now - deadline_at, f"still {state}")
+
     def _reclaim_expired(self, tx: _Tx) -> None:
         c = tx.c
+        self._record_overdue(tx)
         # A lost lease is the node's fault, not the task's: it does not use up
         # the task's retries. It is still bounded (MAX_LEASE_LOSSES), so that a
         # task that kills or hangs every node that runs it ends up failed.
@@ -1077,9 +1109,16 @@ class SqliteStore(SqliteStateMixin, Store):
             for task_id in task_ids:
                 if tx.c.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
                     raise NotFoundError(f"task {task_id} does not exist", task_id=task_id)
-            count = sum(self._cancel_one(tx, task_id, reason) for task_id in task_ids)
+            count = 0
             for task_id in task_ids:
-                self._event(tx, "cancelled", None, task_id, reason)
+                # Record only what was cancelled here, under its run (so that
+                # events(run_id) shows it); an ended task is left as it is.
+                if self._cancel_one(tx, task_id, reason):
+                    count += 1
+                    (run_id,) = tx.c.execute(
+                        "SELECT run_id FROM tasks WHERE id = ?", (task_id,)
+                    ).fetchone()
+                    self._event(tx, "cancelled", run_id, task_id, reason)
             self._finish_runs(tx)
             return count
 

@@ -60,6 +60,12 @@ CREATE UNIQUE INDEX tasks_idempotency ON tasks (idempotency_key) WHERE idempoten
 -- The claim path: per queue, requirement class and priority, the oldest ready
 -- tasks first; a claim reads a bounded slice of each level, never the queue.
 CREATE INDEX tasks_ready ON tasks (queue, req_key, priority, ready_at) WHERE state = 'ready';
+-- Deadline tasks are candidates wherever they sit in their level; open tasks
+-- past their deadline are found and recorded once, started or not.
+CREATE INDEX tasks_deadline_ready ON tasks (queue, deadline_at)
+    WHERE state = 'ready' AND deadline_at IS NOT NULL;
+CREATE INDEX tasks_overdue ON tasks (deadline_at)
+    WHERE late = 0 AND deadline_at IS NOT NULL AND state IN ('pending', 'ready', 'running');
 CREATE INDEX tasks_limited ON tasks (limit_key) WHERE state = 'running' AND limit_key IS NOT NULL;
 CREATE INDEX tasks_leases ON tasks (lease_expires_at) WHERE state = 'running';
 CREATE INDEX tasks_node ON tasks (node_id) WHERE state = 'running';
