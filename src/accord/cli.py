@@ -37,6 +37,9 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console()
+if not out.is_terminal:
+    # Piped or captured: do not cut table cells to 80 columns.
+    out = Console(width=240)
 err = Console(stderr=True, soft_wrap=True)
 
 StoreOpt = Annotated[
