@@ -11,10 +11,15 @@ from accord.app import App
 from accord.context import TaskContext, current
 from accord.errors import (
     AccordError,
+    ClosedError,
+    CompactedError,
     ConfigError,
     ConflictError,
+    CorruptedError,
     FencedError,
+    LeaseExpiredError,
     NotFoundError,
+    PayloadTooLargeError,
     Retry,
     SchemaError,
     StorageFullError,
@@ -26,6 +31,8 @@ from accord.errors import (
     WorkerShutdown,
 )
 from accord.handles import Handle, Run
+from accord.messaging import Mailbox, Message, Subscription, Topic, TopicMessage
+from accord.state import Change, Election, Entry, Lease, Lock, State, Txn, TxnResult, Watch
 from accord.store.base import TaskState
 from accord.tasks import Task
 from accord.worker.node import Node
@@ -35,24 +42,43 @@ __version__ = "0.1.0"
 __all__ = [
     "AccordError",
     "App",
+    "Change",
+    "ClosedError",
+    "CompactedError",
     "ConfigError",
     "ConflictError",
+    "CorruptedError",
+    "Election",
+    "Entry",
     "FencedError",
     "Handle",
+    "Lease",
+    "LeaseExpiredError",
+    "Lock",
+    "Mailbox",
+    "Message",
     "Node",
     "NotFoundError",
+    "PayloadTooLargeError",
     "Retry",
     "Run",
     "SchemaError",
+    "State",
     "StorageFullError",
     "StoreError",
     "StoreURLError",
+    "Subscription",
     "Task",
     "TaskCancelled",
     "TaskContext",
     "TaskError",
     "TaskFailed",
     "TaskState",
+    "Topic",
+    "TopicMessage",
+    "Txn",
+    "TxnResult",
+    "Watch",
     "WorkerShutdown",
     "__version__",
     "current",

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from accord.errors import ConfigError, NotFoundError, StoreError
+from accord.errors import ClosedError, ConfigError, NotFoundError
 from accord.handles import Handle, Run
 from accord.scheduling.policy import POLICIES, Policy, policy_named
 from accord.store import Store, open_store, resolve_url
@@ -117,7 +117,7 @@ class App:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreError(f"app {self.name!r} is closed; create a new App to use it again")
+            raise ClosedError(f"app {self.name!r} is closed; create a new App to use it again")
 
     def close(self) -> None:
         """Close the store; the app cannot be used afterwards."""
@@ -254,8 +254,9 @@ class App:
         """Start ``workflow`` and wait for its value, with a node in this
         process if no node of this app is running."""
         run = self.start(workflow, *args, **kwargs)
-        with self.embedded_node():
-            value: R = run.wait()
+        embedded = self.embedded_node()
+        with embedded:
+            value: R = embedded.wait(run)
         return value
 
     def get_run(self, run_id: int) -> Run:
@@ -312,6 +313,26 @@ class _Embedded:
         if self.node is not None:
             self.node.stop()
             self.node.join()
+
+    def check(self) -> None:
+        """Raise the error that stopped the in-process node, if one did
+        (its slots cannot load the app, say): waiting on would never end."""
+        if self.node is not None and self.node._error is not None:
+            raise self.node._error
+
+    def wait(self, run: Run, timeout: float | None = None) -> Any:
+        """``run.wait(timeout)``, but raise the node's error if it stops on one."""
+        if self.node is None:
+            return run.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return run.wait(0.5 if left is None else min(0.5, left))
+            except TimeoutError:
+                self.check()
+                if left is not None and left <= 0.5:
+                    raise
 
 
 def locate(spec: str) -> App:

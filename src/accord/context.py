@@ -20,6 +20,7 @@ from accord.store.base import NewTask
 if TYPE_CHECKING:
     from accord.app import App
     from accord.handles import Handle
+    from accord.state import State
 
 # Write buffered children once this many are waiting, or once the oldest has
 # waited this long, so nodes can start on them while the parent still runs.
@@ -79,6 +80,15 @@ class TaskContext:
     def blocking(self) -> _Blocking:
         return _Blocking(self)
 
+    @property
+    def state(self) -> State:
+        """The state of this task's run: keys under ``<app>/runs/<run_id>/``.
+
+        Writes through it (like every state write and message sent from inside
+        the attempt) carry the attempt's fence.
+        """
+        return self.app.state.run(self.run_id)
+
 
 class _Blocking:
     def __init__(self, ctx: TaskContext) -> None:
@@ -101,6 +111,16 @@ _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
 def current() -> TaskContext | None:
     """The running task attempt's context, or ``None`` outside a task."""
     return _current.get()
+
+
+def fence_for(store_url: str) -> tuple[int, int] | None:
+    """``(task id, fence)`` of the running attempt if its app uses the store at
+    ``store_url``, else ``None``: writes made with it are refused once the
+    attempt has lost its lease."""
+    ctx = _current.get()
+    if ctx is None or ctx.app.store_url != store_url:
+        return None
+    return ctx.task_id, ctx.fence
 
 
 def enter(ctx: TaskContext) -> contextvars.Token[TaskContext | None]:

@@ -8,11 +8,16 @@ caller will *do*::
     +-- ConfigError            fix the configuration or the call (also a ValueError)
     |   +-- StoreURLError          the store URL cannot be used
     |   +-- SchemaError            the file is not an accord store, or is too new
+    |   +-- PayloadTooLargeError   a value or message is over the size limit
+    |   +-- ClosedError            the app or store was closed; make a new one
     +-- NotFoundError          the id or name does not exist (also a LookupError)
+    |   +-- CompactedError         that revision's history was compacted; re-read
     +-- ConflictError          someone else won a race; re-read and decide
     |   +-- FencedError            this attempt lost its lease; stop side effects
+    |   +-- LeaseExpiredError      a state lease expired or was revoked; its keys are gone
     +-- StoreError             the store failed; maybe retry
     |   +-- StorageFullError       the disk is full; free space
+    |   +-- CorruptedError         stored data failed its checksum
     +-- TaskError              a task did not produce a value
         +-- TaskFailed             it raised, timed out or crashed
         +-- TaskCancelled          it was cancelled (also by a failed dependency)
@@ -72,11 +77,34 @@ class SchemaError(ConfigError):
     code = "bad_schema"
 
 
+class PayloadTooLargeError(ConfigError):
+    """A state value or a message is over its size limit; store large data in
+    the object store and pass a reference."""
+
+    code = "payload_too_large"
+    status_code = 413
+
+
+class ClosedError(ConfigError):
+    """The app or store was closed; like a closed file, it cannot be used again."""
+
+    code = "closed"
+
+
 class NotFoundError(AccordError, LookupError):
     """A task, run, node or key does not exist."""
 
     code = "not_found"
     status_code = 404
+
+
+class CompactedError(NotFoundError):
+    """History at a revision was compacted away (a read, watch or rollback
+    asked for it). ``revision`` is what was asked, ``compacted`` the oldest
+    revision still kept: re-read the current state and go on from there."""
+
+    code = "compacted"
+    status_code = 410
 
 
 class ConflictError(AccordError):
@@ -92,6 +120,12 @@ class FencedError(ConflictError):
     code = "fenced"
 
 
+class LeaseExpiredError(ConflictError):
+    """A state-store lease expired or was revoked; the keys tied to it are gone."""
+
+    code = "lease_expired"
+
+
 class StoreError(AccordError):
     """The store could not complete an operation."""
 
@@ -104,6 +138,13 @@ class StorageFullError(StoreError):
 
     code = "storage_full"
     status_code = 507
+
+
+class CorruptedError(StoreError):
+    """Stored data does not match its checksum."""
+
+    code = "corrupted"
+    status_code = 500
 
 
 class TaskError(AccordError):

@@ -2,9 +2,11 @@
 
 Values round-trip as MessagePack types: ``None``, ``bool``, ``int`` (64-bit),
 ``float``, ``str``, ``bytes``, lists, dicts, and numpy arrays and scalars
-(when numpy is installed). Tuples and sets come back as lists; datetimes come
-back as timezone-aware datetimes. Anything else is refused with a
-``TypeError`` that names the value's place.
+(when numpy is installed). Tuples and sets come back as lists. Timezone-aware
+datetimes come back as UTC datetimes; naive datetimes, dates and times come
+back as ISO 8601 strings (a naive datetime names no instant: attach a
+timezone). Anything else is refused with a ``TypeError`` that names the
+value's place.
 
 Task handles inside arguments become references to the handle's task; the
 node replaces each reference with that task's result before the call.
@@ -37,10 +39,14 @@ def _encode_numpy(obj: Any) -> msgspec.msgpack.Ext | None:
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             raise TypeError("numpy arrays of Python objects cannot be serialised")
-        arr = np.ascontiguousarray(obj)
+        if obj.dtype.names is not None:
+            # dtype.str of a structured dtype is a bare '|V<n>': the fields would be lost.
+            raise TypeError("numpy structured arrays (with named fields) cannot be serialised")
+        # tobytes() is in C order whatever the layout; the shape is the array's own
+        # (np.ascontiguousarray would turn a 0-d array into a 1-d one).
         return msgspec.msgpack.Ext(
             _EXT_NDARRAY,
-            _plain_encoder.encode([arr.dtype.str, list(arr.shape), arr.tobytes()]),
+            _plain_encoder.encode([obj.dtype.str, list(obj.shape), obj.tobytes()]),
         )
     if isinstance(obj, np.generic):
         return obj.item()  # type: ignore[no-any-return]
@@ -73,6 +79,8 @@ _decoder = msgspec.msgpack.Decoder(ext_hook=_base_ext_hook)
 
 def _describe(exc: Exception) -> str:
     text = str(exc)
+    if isinstance(exc, RecursionError):
+        return "it contains itself (a reference cycle) or is nested too deeply"
     if isinstance(exc, OverflowError) or "out of range" in text:
         return "an integer does not fit in 64 bits"
     return text
@@ -82,7 +90,7 @@ def dumps(value: Any, *, what: str = "value") -> bytes:
     """Serialise ``value``; raise ``TypeError`` naming ``what`` if it cannot be."""
     try:
         return _encoder.encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise TypeError(f"{what} cannot be serialised: {_describe(exc)}") from exc
 
 
@@ -125,7 +133,7 @@ def dumps_args(
     encoder = msgspec.msgpack.Encoder(enc_hook=hook)
     try:
         return encoder.encode([list(args), kwargs]), refs
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         # Find the argument at fault, so that the message names it.
         for position, arg in enumerate(args):
             _check(encoder, arg, f"argument {position} of {task_name}()")
@@ -137,7 +145,7 @@ def dumps_args(
 def _check(encoder: msgspec.msgpack.Encoder, value: Any, what: str) -> None:
     try:
         encoder.encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise TypeError(f"{what} cannot be serialised: {_describe(exc)}") from exc
 
 

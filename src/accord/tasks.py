@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from accord import context, serde
-from accord.errors import ConfigError
+from accord.errors import ConfigError, PayloadTooLargeError
 from accord.handles import Handle
 from accord.scheduling.policy import RESOURCE_KINDS
 from accord.store.base import NewRun, NewTask
@@ -113,8 +113,7 @@ class TaskOptions:
             isinstance(r, str) and r and "," not in r for r in self.requires
         ):
             raise ConfigError(
-                f"requires must be a list of capability names without commas, "
-                f"not {self.requires!r}"
+                f"requires must be a list of capability names without commas, not {self.requires!r}"
             )
         if self.resources is not None:
             if not isinstance(self.resources, Mapping):
@@ -194,7 +193,7 @@ class Task(Generic[P, R]):
         )
         limit = self.app.max_payload
         if len(data) > limit:
-            raise ValueError(
+            raise PayloadTooLargeError(
                 f"the arguments of {self.name}() take {len(data)} bytes, over the limit of "
                 f"{limit}; put large data in the object store and pass a reference"
             )

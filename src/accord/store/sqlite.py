@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from accord.errors import (
+    ClosedError,
     ConflictError,
     FencedError,
     NotFoundError,
@@ -175,7 +176,7 @@ class SqliteStore(SqliteStateMixin, Store):
     # -- connections ------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
-            raise StoreError(f"the store {self.path} is closed")
+            raise ClosedError(f"the store {self.path} is closed; open it again to use it")
         local = self._local
         conn: sqlite3.Connection | None = getattr(local, "conn", None)
         # A connection must not cross fork(): the child opens its own.

@@ -91,6 +91,10 @@ def _run(
         return _error(task, str(exc), "TypeError", retryable=retryable)
     except Exception as exc:
         return _error(task, str(exc) or repr(exc), type(exc).__name__)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # Raised by the task's code, not meant for the node: in a thread slot it
+        # would end the thread and leave the task running for ever. Fail the attempt.
+        return _error(task, f"the task raised {exc!r}", type(exc).__name__)
 
 
 def _error(

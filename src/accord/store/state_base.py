@@ -1,0 +1,453 @@
+"""The storage interface of the state store and of messaging, and its records.
+
+A backend implements :class:`StateStore` next to :class:`~accord.store.Store`
+(the SQLite store mixes in :class:`~accord.store.sqlite_state.SqliteStateMixin`).
+Above it, :mod:`accord.state` and :mod:`accord.messaging` validate input and
+deal in user values; below it, keys are full physical keys (namespace
+included) and values are serialised bytes.
+
+Semantics every backend keeps (etcd's data model):
+
+- One global revision counter. A write transaction that changes at least one
+  key takes the next revision; its changes are numbered ``seq`` 0, 1, ... in
+  the order they were applied. A transaction that changes nothing (a failed
+  compare with no else-branch, a delete of an absent key) takes none.
+- A key's ``version`` counts its writes (puts and deletes) and never goes
+  back, also across a delete and a re-create: a deleted key keeps a tombstone
+  with its version. For comparisons an absent key has version, revisions and
+  lease 0 and no value.
+- ``compacted`` = C means history before revision C may be gone: reads at a
+  revision R >= C and watches from S >= C are exact, older ones raise
+  :class:`~accord.errors.CompactedError`. Named snapshots hold C back.
+- ``fence`` = (task id, fence) makes a write conditional, in the same
+  transaction, on that task being ``running`` with that fence; otherwise
+  :class:`~accord.errors.FencedError` and nothing is written.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from accord import serde
+
+Fence = tuple[int, int] | None
+"""(task id, fence) of the attempt a write is made for, or ``None``."""
+
+Target = Literal["value", "version", "revision", "create_revision", "lease"]
+Op = Literal["==", "!=", "<", "<=", ">", ">="]
+TARGETS: tuple[str, ...] = ("value", "version", "revision", "create_revision", "lease")
+OPS: tuple[str, ...] = ("==", "!=", "<", "<=", ">", ">=")
+
+
+class ChangeKind(enum.StrEnum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(slots=True, frozen=True)
+class KvRow:
+    """A live key as stored (``value`` serialised)."""
+
+    key: str
+    value: bytes
+    revision: int
+    version: int
+    create_revision: int
+    lease_id: int | None
+
+
+@dataclass(slots=True, frozen=True)
+class KvChange:
+    """One change of one key, as kept in the history."""
+
+    revision: int
+    seq: int
+    key: str
+    kind: ChangeKind
+    value: bytes | None
+    version: int
+    create_revision: int
+    lease_id: int | None
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class KvCompare:
+    """``<target of key> <op> operand``; a value operand is serialised bytes."""
+
+    key: str
+    target: Target
+    op: Op
+    operand: Any
+
+
+@dataclass(slots=True, frozen=True)
+class KvPut:
+    key: str
+    value: bytes
+    lease_id: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class KvDelete:
+    """Delete ``key``, or with ``prefix`` every key that starts with it."""
+
+    key: str
+    prefix: bool = False
+
+
+KvOp = KvPut | KvDelete
+
+
+@dataclass(slots=True, frozen=True)
+class TxnOutcome:
+    """Which branch ran, the revision it wrote (or the current one if it
+    wrote nothing), and what the compares saw when they failed."""
+
+    succeeded: bool
+    revision: int
+    changed: int
+    failed: tuple[tuple[KvCompare, Any], ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class ChangesPage:
+    """Changes of whole revisions, and the revision to read from next."""
+
+    changes: list[KvChange]
+    next_revision: int
+    current_revision: int
+
+
+@dataclass(slots=True, frozen=True)
+class KvStatus:
+    revision: int
+    compacted: int
+    retain: int | None
+    next_lease_expiry: float | None
+
+
+@dataclass(slots=True, frozen=True)
+class SnapshotRow:
+    name: str
+    revision: int
+    created_at: float
+
+
+@dataclass(slots=True, frozen=True)
+class LeaseRow:
+    id: int
+    ttl: float
+    expires_at: float
+    granted_at: float
+    keys: int
+
+
+@dataclass(slots=True, frozen=True)
+class OutMessage:
+    """A message to store: its sender-given id, payload and checksum."""
+
+    msg_id: str
+    payload: bytes
+    checksum: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class MailboxRow:
+    seq: int
+    msg_id: str
+    payload: bytes
+    checksum: bytes
+    sent_at: float
+    deliveries: int
+
+
+@dataclass(slots=True, frozen=True)
+class MailboxStats:
+    ready: int
+    in_flight: int
+    acked: int
+    next_visible_at: float | None
+
+
+@dataclass(slots=True, frozen=True)
+class TopicRow:
+    offset: int
+    msg_id: str
+    payload: bytes
+    checksum: bytes
+    published_at: float
+
+
+@dataclass(slots=True, frozen=True)
+class TopicPage:
+    rows: list[TopicRow]
+    first_offset: int
+    next_offset: int
+
+
+@dataclass(slots=True, frozen=True)
+class SubscriberRow:
+    subscriber: str
+    next_offset: int
+    updated_at: float
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    Keys compare by code point (SQLite's BINARY collation on UTF-8, and
+    ``COLLATE "C"`` on PostgreSQL), so ``[prefix, prefix_end(prefix))`` is the
+    range of keys under ``prefix``. ``None``: no upper bound.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates cannot be stored: skip them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def values_equal(stored: bytes, operand: bytes) -> bool:
+    """Whether two serialised values are equal as values.
+
+    Equal bytes are equal values; otherwise both are decoded and compared with
+    ``==`` (a dict written in another key order is still equal). A comparison
+    that does not give a plain bool (numpy arrays) counts as not equal.
+    """
+    if stored == operand:
+        return True
+    try:
+        result = serde.loads(stored) == serde.loads(operand)
+    except Exception:
+        return False
+    return result if isinstance(result, bool) else False
+
+
+def compare_holds(compare: KvCompare, row: KvRow | None) -> tuple[bool, Any]:
+    """Evaluate one compare against the key's current row; also return what was seen."""
+    if compare.target == "value":
+        if row is None:
+            return compare.op == "!=", None
+        equal = values_equal(row.value, compare.operand)
+        return (equal if compare.op == "==" else not equal), row.value
+    seen: int
+    if row is None:
+        seen = 0
+    elif compare.target == "version":
+        seen = row.version
+    elif compare.target == "revision":
+        seen = row.revision
+    elif compare.target == "create_revision":
+        seen = row.create_revision
+    else:
+        seen = row.lease_id or 0
+    operand = compare.operand
+    ok = {
+        "==": seen == operand,
+        "!=": seen != operand,
+        "<": seen < operand,
+        "<=": seen <= operand,
+        ">": seen > operand,
+        ">=": seen >= operand,
+    }[compare.op]
+    return ok, seen
+
+
+class StateStore(abc.ABC):
+    """Storage of the state store and of messaging. Every method is one
+    transaction; writes are durable when they return."""
+
+    url: str
+
+    @abc.abstractmethod
+    def changed(self) -> bool:
+        """True if another connection committed since the last call (cheap)."""
+
+    # -- keys ---------------------------------------------------------------
+    @abc.abstractmethod
+    def kv_get(self, key: str, revision: int | None = None) -> tuple[KvRow | None, int]:
+        """The key's row (at ``revision`` if given) and the store's revision then."""
+
+    @abc.abstractmethod
+    def kv_range(
+        self, prefix: str, revision: int | None = None, limit: int | None = None
+    ) -> tuple[list[KvRow], int]:
+        """Live keys under ``prefix`` in key order, and the store's revision then."""
+
+    @abc.abstractmethod
+    def kv_txn(
+        self,
+        compares: list[KvCompare],
+        then: list[KvOp],
+        orelse: list[KvOp],
+        *,
+        fence: Fence = None,
+        task_id: int | None = None,
+    ) -> TxnOutcome:
+        """If every compare holds apply ``then``, else ``orelse``, all or nothing.
+
+        Raises :class:`~accord.errors.LeaseExpiredError` if a put names a lease
+        that is gone, :class:`~accord.errors.FencedError` for a stale fence.
+        """
+
+    @abc.abstractmethod
+    def kv_changes(
+        self, key: str, prefix: bool, from_revision: int, limit: int = 1000
+    ) -> ChangesPage:
+        """Changes of ``key`` (or under it) from ``from_revision`` on, whole revisions only.
+
+        Raises :class:`~accord.errors.CompactedError` if ``from_revision`` is
+        below the compaction point.
+        """
+
+    @abc.abstractmethod
+    def kv_history(
+        self,
+        key: str,
+        prefix: bool,
+        from_revision: int = 0,
+        to_revision: int | None = None,
+        limit: int | None = None,
+    ) -> list[KvChange]:
+        """The kept history of ``key`` (or under it), oldest first."""
+
+    @abc.abstractmethod
+    def kv_status(self) -> KvStatus: ...
+
+    @abc.abstractmethod
+    def kv_compact(self, revision: int) -> int:
+        """Drop history before ``revision`` (held back by snapshots); return the new point."""
+
+    @abc.abstractmethod
+    def kv_set_retention(self, retain: int | None) -> None:
+        """Keep about the last ``retain`` revisions (None: keep all)."""
+
+    @abc.abstractmethod
+    def kv_rollback(
+        self,
+        key: str,
+        prefix: bool,
+        *,
+        revision: int | None = None,
+        snapshot: str | None = None,
+        fence: Fence = None,
+        task_id: int | None = None,
+    ) -> TxnOutcome:
+        """Make ``key`` (or the keys under it) what they were at a revision, as
+        one new revision (no revision if nothing differs)."""
+
+    @abc.abstractmethod
+    def kv_snapshot(self, name: str, *, fence: Fence = None) -> int: ...
+
+    @abc.abstractmethod
+    def kv_snapshots(self, prefix: str) -> list[SnapshotRow]: ...
+
+    @abc.abstractmethod
+    def kv_delete_snapshot(self, name: str) -> bool: ...
+
+    # -- leases -------------------------------------------------------------
+    @abc.abstractmethod
+    def lease_grant(self, ttl: float, *, fence: Fence = None) -> LeaseRow: ...
+
+    @abc.abstractmethod
+    def lease_keepalive(self, lease_id: int, *, fence: Fence = None) -> LeaseRow:
+        """Extend a lease by its ttl; :class:`LeaseExpiredError` if it is gone."""
+
+    @abc.abstractmethod
+    def lease_revoke(self, lease_id: int) -> int:
+        """End a lease now, deleting its keys; return how many keys went."""
+
+    @abc.abstractmethod
+    def lease_info(self, lease_id: int) -> LeaseRow | None: ...
+
+    @abc.abstractmethod
+    def kv_expire_leases(self) -> int:
+        """Delete the keys of every expired lease; return how many leases ended."""
+
+    # -- mailboxes ----------------------------------------------------------
+    @abc.abstractmethod
+    def mailbox_send(
+        self, mailbox: str, messages: list[OutMessage], *, fence: Fence = None
+    ) -> list[tuple[int, bool]]:
+        """Store messages; return ``(seq, duplicate)`` for each.
+
+        A message whose id is already stored (and not yet past the
+        de-duplication window) is not stored again; with another checksum it
+        raises :class:`~accord.errors.ConflictError` and nothing is written.
+        """
+
+    @abc.abstractmethod
+    def mailbox_receive(
+        self, mailbox: str, limit: int, visibility: float, *, fence: Fence = None
+    ) -> tuple[list[MailboxRow], float | None]:
+        """Take up to ``limit`` visible messages, hidden for ``visibility`` seconds.
+
+        Also returns when the next hidden message becomes visible (``None``
+        if none is in flight).
+        """
+
+    @abc.abstractmethod
+    def mailbox_settle(
+        self,
+        mailbox: str,
+        deliveries: list[tuple[int, int]],
+        *,
+        ack: bool,
+        delay: float = 0.0,
+        fence: Fence = None,
+    ) -> list[bool]:
+        """Acknowledge (``ack``) or make visible again after ``delay`` the
+        ``(seq, delivery)`` pairs; False where that delivery is no longer current."""
+
+    @abc.abstractmethod
+    def mailbox_stats(self, mailbox: str) -> MailboxStats: ...
+
+    @abc.abstractmethod
+    def mailbox_purge(self, acked_before: float) -> int:
+        """Forget acknowledged messages acknowledged before ``acked_before``."""
+
+    # -- topics -------------------------------------------------------------
+    @abc.abstractmethod
+    def topic_publish(
+        self, topic: str, messages: list[OutMessage], *, fence: Fence = None
+    ) -> list[tuple[int, bool]]:
+        """Append messages; return ``(offset, duplicate)`` for each."""
+
+    @abc.abstractmethod
+    def topic_read(self, topic: str, from_offset: int, limit: int) -> TopicPage:
+        """Messages from ``from_offset`` on; :class:`CompactedError` if trimmed."""
+
+    @abc.abstractmethod
+    def topic_subscribe(
+        self, topic: str, subscriber: str, from_offset: int | None, *, fence: Fence = None
+    ) -> int:
+        """Register ``subscriber`` (at ``from_offset``, else where it stopped, else
+        at the end); return its next offset."""
+
+    @abc.abstractmethod
+    def topic_commit(
+        self, topic: str, subscriber: str, next_offset: int, *, fence: Fence = None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def topic_unsubscribe(self, topic: str, subscriber: str) -> bool: ...
+
+    @abc.abstractmethod
+    def topic_subscribers(self, topic: str) -> list[SubscriberRow]: ...
+
+    @abc.abstractmethod
+    def topic_trim(self, topic: str, before: int | None, *, force: bool = False) -> int:
+        """Drop messages before ``before`` (default: the slowest subscriber's
+        offset; never past it unless ``force``); return the new first offset."""
+
+    @abc.abstractmethod
+    def topic_offsets(self, topic: str) -> tuple[int, int]:
+        """``(first_offset, next_offset)`` of a topic."""

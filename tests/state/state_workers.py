@@ -1,0 +1,129 @@
+"""Processes of the state and messaging tests: ``python state_workers.py COMMAND ...``.
+
+Each writes what it did as JSON lines appended with one ``write`` per line
+(``O_APPEND``), so a process killed with SIGKILL leaves whole lines only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import accord
+
+
+def _log(path: str, **entry: Any) -> None:
+    line = (json.dumps(entry) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def cas(url: str, count: str, out: str) -> None:
+    """Increment ``counter`` ``count`` times by read + compare-and-set retry loops."""
+    with accord.App("st", store=url) as app:
+        state = app.state
+        successes: list[list[int]] = []
+        conflicts = 0
+        while len(successes) < int(count):
+            entry = state.get("counter")
+            assert entry is not None
+            try:
+                revision = state.put("counter", entry.value + 1, expect_version=entry.version)
+            except accord.ConflictError:
+                conflicts += 1
+                continue
+            successes.append([entry.version, entry.value + 1, revision])
+        _log(out, pid=os.getpid(), successes=successes, conflicts=conflicts)
+
+
+def writer(url: str, prefix: str, count: str, pause: str) -> None:
+    """Put ``count`` keys ``<prefix><pid>/<i>``, one revision each."""
+    with accord.App("st", store=url) as app:
+        for i in range(int(count)):
+            app.state.put(f"{prefix}{os.getpid()}/{i}", i)
+            if float(pause):
+                time.sleep(float(pause))
+
+
+def logwriter(url: str, count: str, out: str) -> None:
+    """Put ``count`` keys ``g/<pid>/<i>`` and log each acknowledged put."""
+    with accord.App("st", store=url) as app:
+        for i in range(int(count)):
+            key = f"g/{os.getpid()}/{i}"
+            revision = app.state.put(key, i)
+            _log(out, key=key, revision=revision)
+
+
+def watcher(url: str, prefix: str, start: str, out: str) -> None:
+    """Log every change under ``prefix`` from ``start`` on, until killed."""
+    with accord.App("st", store=url) as app:
+        for change in app.state.watch(prefix, start_revision=int(start)):
+            _log(out, revision=change.revision, key=change.key, kind=change.kind.value)
+
+
+def consumer(url: str, mailbox: str, out: str, visibility: str, work: str) -> None:
+    """Receive, log, work, acknowledge, log; until a ``stop`` message."""
+    with accord.App("st", store=url) as app:
+        box = app.mailbox(mailbox)
+        while True:
+            message = box.receive(timeout=30, visibility=float(visibility))
+            if message is None:
+                return
+            if message.payload == "stop":
+                message.ack()
+                return
+            _log(out, ev="got", id=message.id, delivery=message.deliveries, pid=os.getpid())
+            time.sleep(float(work))
+            acked = message.ack()
+            _log(out, ev="ack", id=message.id, ok=acked, pid=os.getpid())
+
+
+def subscriber(url: str, topic: str, name: str, out: str, until: str) -> None:
+    """Log every message of ``topic`` for subscriber ``name`` until offset ``until``."""
+    with accord.App("st", store=url) as app, app.topic(topic).subscribe(name, batch=10) as sub:
+        for message in sub:
+            _log(out, offset=message.offset, payload=message.payload, pid=os.getpid())
+            if message.offset >= int(until):
+                sub.commit()
+                return
+
+
+def locker(url: str, name: str, rounds: str, hold: str, out: str) -> None:
+    """Take lock ``name`` ``rounds`` times, holding it ``hold`` seconds each."""
+    with accord.App("st", store=url) as app:
+        for _ in range(int(rounds)):
+            with app.state.lock(name, ttl=5) as lock:
+                start = time.monotonic()
+                time.sleep(float(hold))
+                _log(out, token=lock.token, start=start, end=time.monotonic(), pid=os.getpid())
+
+
+def holder(url: str, key: str, ttl: str) -> None:
+    """Put ``key`` tied to a lease kept alive until this process dies."""
+    with accord.App("st", store=url) as app:
+        lease = app.state.lease(float(ttl))
+        lease.start_keepalive()
+        app.state.put(key, os.getpid(), lease=lease)
+        print("ready", flush=True)
+        while True:
+            time.sleep(1)
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    {
+        "cas": cas,
+        "writer": writer,
+        "logwriter": logwriter,
+        "watcher": watcher,
+        "consumer": consumer,
+        "subscriber": subscriber,
+        "locker": locker,
+        "holder": holder,
+    }[command](*args)
