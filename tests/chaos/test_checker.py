@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,9 @@ import pytest
 import accord
 from accord.handles import Run
 from apps import chaos
-from harness import RECORD_ENV, Execution, Fault, Row, account, chaos_app, report, snapshot
+from harness import RECORD_ENV, Execution, Fault, Row, account, report, snapshot
 
 pytestmark = pytest.mark.chaos
-
-
-@pytest.fixture
-def app(store_url: str) -> Iterator[accord.App]:
-    with chaos_app(store_url) as bound:
-        yield bound
 
 
 def _history(n: int) -> tuple[list[int], list[Row], list[Execution]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,13 @@ from accord import serde
 from accord.handles import Run
 from accord.store.base import Completion, Outcome
 from apps import chaos
-from harness import Cluster, Nemesis, Row, account, chaos_app, report, snapshot
+from harness import Cluster, Nemesis, Row, account, report, snapshot
 
 pytestmark = pytest.mark.chaos
 
 LEASE = 1.0
 # Scheduling slack on a loaded 2-core machine, on top of lease + idle poll.
 MARGIN = 1.0
-
-
-@pytest.fixture
-def app(store_url: str) -> Iterator[accord.App]:
-    with chaos_app(store_url) as bound:
-        yield bound
 
 
 @pytest.mark.timeout(60)

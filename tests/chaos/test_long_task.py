@@ -23,24 +23,17 @@ longest such call.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import accord
 from apps import chaos
-from harness import Cluster, account, chaos_app, report, snapshot
+from harness import Cluster, account, report, snapshot
 
 pytestmark = pytest.mark.chaos
 
 LEASE = 1.0
-
-
-@pytest.fixture
-def app(store_url: str) -> Iterator[accord.App]:
-    with chaos_app(store_url) as bound:
-        yield bound
 
 
 @pytest.mark.timeout(60)

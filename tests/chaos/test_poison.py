@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,11 @@ import pytest
 import accord
 from accord.store.sqlite import MAX_LEASE_LOSSES
 from apps import chaos
-from harness import Cluster, chaos_app, report
+from harness import Cluster, report
 
 pytestmark = pytest.mark.chaos
 
 LEASE = 1.0
-
-
-@pytest.fixture
-def app(store_url: str) -> Iterator[accord.App]:
-    with chaos_app(store_url) as bound:
-        yield bound
 
 
 @pytest.mark.timeout(60)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import accord
 from accord.handles import Handle
 from accord.store import SqliteStore
 from apps import chaos
-from harness import Cluster, account, chaos_app, report, snapshot, wait_for
+from harness import Cluster, account, report, snapshot, wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -48,12 +47,6 @@ with open(ready + ".tmp", "w") as f:
 os.rename(ready + ".tmp", ready)
 time.sleep(600)
 """
-
-
-@pytest.fixture
-def app(store_url: str) -> Iterator[accord.App]:
-    with chaos_app(store_url) as bound:
-        yield bound
 
 
 class Client:
