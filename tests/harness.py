@@ -237,7 +237,7 @@ class Cluster:
         mode: str = "process",
         env: Mapping[str, str] | None = None,
     ) -> None:
-        from conftest import subprocess_env
+        from support import subprocess_env
 
         self.root = tmp_path
         self.store_url = store_url
@@ -802,7 +802,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, pause: float =
 def chaos_app(store_url: str) -> Iterator[accord.App]:
     """tests/apps/chaos.py's app bound to this test's store, closed after."""
     from apps.chaos import app
-    from conftest import bind
+    from support import bind
 
     bind(app, store_url)
     try:

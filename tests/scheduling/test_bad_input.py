@@ -15,7 +15,7 @@ import pytest
 
 import accord
 from accord.scheduling import CostPolicy
-from conftest import TESTS, subprocess_env, table_counts
+from support import TESTS, subprocess_env, table_counts
 
 NAN = math.nan
 INF = math.inf

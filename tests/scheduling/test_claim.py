@@ -18,7 +18,7 @@ from accord import TaskState, serde
 from accord.scheduling import CostPolicy, FifoPolicy, NodeSpec, Policy, PriorityPolicy
 from accord.store.base import ClaimedTask, Completion, Outcome, Store
 from apps import sched as s
-from conftest import bind
+from support import bind
 
 QUEUE = "sched"
 

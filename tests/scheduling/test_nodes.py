@@ -25,7 +25,7 @@ from accord import TaskState
 from accord.scheduling import FifoPolicy
 from accord.store.base import TaskInfo
 from apps import sched as s
-from conftest import TESTS, bind, subprocess_env
+from support import TESTS, bind, subprocess_env
 
 QUEUE = "sched"
 
