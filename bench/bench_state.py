@@ -45,7 +45,10 @@ def _app(url: str) -> accord.App:
 def _ops_worker(url: str, kind: str, key: str, seconds: float, start: Any, out: Any) -> None:
     with _app(url) as app:
         state = app.state
-        version = state.put(key, 0) and state.get(key).version  # type: ignore[union-attr]
+        state.put(key, 0)
+        entry = state.get(key)
+        assert entry is not None
+        version = entry.version
         start.wait()
         done = 0
         t0 = time.perf_counter()
@@ -214,6 +217,7 @@ def main() -> None:
     seconds = 1.0 if args.quick else 3.0
     scale = 1 if not args.quick else 0
     print(f"accord {accord.__version__}, {os.cpu_count()} CPUs, SQLite WAL synchronous=FULL")
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory(prefix="accord-bench-state-") as tmp:
         folder = Path(tmp)
         lines: list[Callable[[], str]] = [
@@ -297,6 +301,7 @@ def main() -> None:
             ),
             flush=True,
         )
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

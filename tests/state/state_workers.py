@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 from typing import Any
@@ -40,6 +41,36 @@ def cas(url: str, count: str, out: str) -> None:
                 continue
             successes.append([entry.version, entry.value + 1, revision])
         _log(out, pid=os.getpid(), successes=successes, conflicts=conflicts)
+
+
+def bank(url: str, transfers: str, seed: str) -> None:
+    """Move money between ``bank/0..9`` by multi-key compare-and-set transactions."""
+    with accord.App("st", store=url) as app:
+        transfer_money(app.state, int(transfers), int(seed))
+
+
+def transfer_money(state: accord.State, transfers: int, seed: int) -> int:
+    """Do ``transfers`` transfers; return how many races were lost on the way."""
+    rng = random.Random(seed)
+    done = lost = 0
+    while done < transfers:
+        a, b = rng.sample(range(10), 2)
+        src, dst = state.get(f"bank/{a}"), state.get(f"bank/{b}")
+        assert src is not None and dst is not None
+        amount = rng.randint(0, max(src.value, 0))
+        result = (
+            state.txn()
+            .compare(src.key, "version", "==", src.version)
+            .compare(dst.key, "version", "==", dst.version)
+            .then_put(src.key, src.value - amount)
+            .then_put(dst.key, dst.value + amount)
+            .commit()
+        )
+        if result.succeeded:
+            done += 1
+        else:
+            lost += 1
+    return lost
 
 
 def writer(url: str, prefix: str, count: str, pause: str) -> None:
@@ -120,6 +151,7 @@ if __name__ == "__main__":
     {
         "cas": cas,
         "writer": writer,
+        "bank": bank,
         "logwriter": logwriter,
         "watcher": watcher,
         "consumer": consumer,

@@ -35,6 +35,7 @@ too large for a slot is not parked: its writer waits for the leader lock.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import mmap
 import os
@@ -58,7 +59,6 @@ _HEADER = struct.Struct("<8sIIII")  # magic, slots, slot size, pending, taken
 _LEADING = struct.Struct("<I")  # at offset 32: pid of the leader, 0 when none
 _LEADING_AT = 32
 _SLOT = struct.Struct("<IIQQII")  # state, pid, ticket, group, position, length
-_STATE = struct.Struct("<I")  # the state alone, first in a slot (one aligned store)
 HEADER_SIZE = 64
 SLOT_DATA = SLOT_SIZE - _SLOT.size
 FILE_SIZE = HEADER_SIZE + SLOTS * SLOT_SIZE
@@ -215,7 +215,8 @@ class CommitGroup:
 
     def leading(self) -> bool:
         """Whether the header names a leader (a hint: it may have died since)."""
-        return _LEADING.unpack_from(self._map().mem, _LEADING_AT)[0] != 0
+        leader: int = _LEADING.unpack_from(self._map().mem, _LEADING_AT)[0]
+        return leader != 0
 
     # -- the follower's side -----------------------------------------------------------
     def park(self, request: bytes) -> tuple[int, int] | None:
@@ -259,20 +260,18 @@ class CommitGroup:
         return state if owner_ticket == ticket else FREE
 
     def collect(self, slot: int, ticket: int) -> bytes | None:
-        """The outcome if the request is DONE (the slot is then freed), else None.
-
-        No lock: once a slot is DONE only its owner touches it (the leader
-        wrote the outcome before the state), and the owner frees it with one
-        aligned store of the state alone, which a writer looking for a free
-        slot sees either before or after.
-        """
+        """The outcome if the request is DONE (the slot is then freed), else None."""
         m = self._map()
-        state, _, owner_ticket, _, _, length = self._slot(m, slot)
-        if owner_ticket != ticket or state != DONE:
-            return None
-        outcome = self._data(m, slot, length)
-        _STATE.pack_into(m.mem, HEADER_SIZE + slot * SLOT_SIZE, FREE)
-        return outcome
+        self._lock_queue(m)
+        try:
+            state, _, owner_ticket, _, _, length = self._slot(m, slot)
+            if owner_ticket != ticket or state != DONE:
+                return None
+            outcome = self._data(m, slot, length)
+            self._write(m, slot, FREE, 0, 0, 0, 0, b"")
+            return outcome
+        finally:
+            self._unlock_queue(m)
 
     def withdraw(self, slot: int, ticket: int) -> bool:
         """Take back a request that no leader has taken yet."""
@@ -290,41 +289,48 @@ class CommitGroup:
             self._unlock_queue(m)
 
     # -- the leader's side ---------------------------------------------------------
-    def orphans(self) -> list[tuple[int, int, int, int]]:
+    def orphans(self, *, scan: bool) -> list[tuple[int, int, int, int]]:
         """TAKEN slots left by a leader that died: ``(slot, ticket, group, position)``.
 
         Only a leader calls this: while it holds the leader lock nobody else
-        runs requests, so every TAKEN slot is an orphan.
+        runs requests, so every TAKEN slot is an orphan. The header's counts
+        are hints (a process killed between a slot and the counts leaves them
+        short), trusted only without ``scan``; a scan also corrects them.
         """
         m = self._map()
-        if self._counts(m)[1] == 0:
+        if not scan and self._counts(m)[1] == 0:
             return []
         self._lock_queue(m)
         try:
             found = []
+            pending = 0
             for i in range(SLOTS):
                 state, _, ticket, group, pos, _ = self._slot(m, i)
                 if state == TAKEN:
                     found.append((i, ticket, group, pos))
+                pending += state == PENDING
+            self._set_counts(m, pending, len(found))
             return found
         finally:
             self._unlock_queue(m)
 
-    def take(self, group: int) -> list[Taken]:
-        """Mark every PENDING request TAKEN by ``group`` and return them in order."""
+    def take(self, group: int, *, scan: bool) -> list[Taken]:
+        """Mark every PENDING request TAKEN by ``group`` and return them in order
+        (without ``scan``, only if the header's count says there are some)."""
         m = self._map()
-        if self._counts(m)[0] == 0:
+        if not scan and self._counts(m)[0] == 0:
             return []
         self._lock_queue(m)
         try:
             out: list[Taken] = []
+            taken = 0
             for i in range(SLOTS):
                 state, pid, ticket, _, _, length = self._slot(m, i)
                 if state == PENDING:
                     self._write(m, i, TAKEN, pid, ticket, group, len(out), None)
                     out.append(Taken(i, ticket, self._data(m, i, length)))
-            pending, taken = self._counts(m)
-            self._set_counts(m, max(pending - len(out), 0), taken + len(out))
+                taken += state == TAKEN
+            self._set_counts(m, 0, taken + len(out))
             return out
         finally:
             self._unlock_queue(m)
@@ -409,6 +415,10 @@ class CommitGroup:
 
 _groups: dict[str, tuple[CommitGroup, int]] = {}
 _groups_lock = threading.Lock()
+# Keys whose owner was garbage collected. The finalizer only appends here: it
+# may run inside any allocation, also in a thread that holds _groups_lock, so
+# it must not take that lock itself.
+_released: collections.deque[str] = collections.deque()
 
 
 def group_for(db_path: str, owner: object) -> CommitGroup:
@@ -421,24 +431,27 @@ def group_for(db_path: str, owner: object) -> CommitGroup:
     """
     key = os.path.realpath(db_path)
     with _groups_lock:
+        _drain_released()
         group, users = _groups.get(key, (None, 0))
         if group is None:
             group = CommitGroup(key)
         _groups[key] = (group, users + 1)
-    weakref.finalize(owner, _release, key)
+    weakref.finalize(owner, _released.append, key)
     return group
 
 
-def _release(key: str) -> None:
-    with _groups_lock:
+def _drain_released() -> None:
+    """Count down the groups of collected owners; close those nobody uses (lock held)."""
+    while _released:
+        key = _released.popleft()
         group, users = _groups.get(key, (None, 0))
         if group is None:
-            return
+            continue
         if users > 1:
             _groups[key] = (group, users - 1)
-            return
-        del _groups[key]
-    group.close()
+        else:
+            del _groups[key]
+            group.close()
 
 
 def _alive(pid: int) -> bool:

@@ -506,9 +506,15 @@ class SqliteStateMixin(StateStore):
         return group
 
     def _lead(self, own: _TxnRequest | None) -> TxnOutcome | None:
-        """Run ``own`` and every parked request in one commit (we hold the leader lock)."""
+        """Run ``own`` and every parked request in one commit (we hold the leader lock).
+
+        A writer that leads for its parked request (``own`` None) scans every
+        slot rather than trusting the header's counts, so a request whose
+        counts were lost to a killed process is still found.
+        """
         group = self._commit_group()
-        self._resolve_orphans(group)
+        scan = own is None
+        self._resolve_orphans(group, scan=scan)
         own_outcome: TxnOutcome | None = None
         own_error: AccordError | None = None
         taken: list[Taken] = []
@@ -526,7 +532,7 @@ class SqliteStateMixin(StateStore):
                     except AccordError as exc:
                         own_error = exc
                 number = last + 1
-                taken = group.take(number)
+                taken = group.take(number, scan=scan)
                 for item in taken:
                     try:
                         outcome = self._txn_body(tx, _decode_request(item.request))
@@ -586,9 +592,9 @@ class SqliteStateMixin(StateStore):
         rows = self._read("SELECT outcomes FROM kv_groups WHERE id = ?", (number,))
         return None if not rows else _decode_list(rows[0][0])
 
-    def _resolve_orphans(self, group: CommitGroup) -> None:
+    def _resolve_orphans(self, group: CommitGroup, *, scan: bool) -> None:
         """Finish the requests of a leader that died (see ``sqlite_group``)."""
-        orphans = group.orphans()
+        orphans = group.orphans(scan=scan)
         if not orphans:
             return
         known: dict[int, list[bytes] | None] = {}
