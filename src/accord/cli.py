@@ -12,18 +12,17 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from accord.app import App, locate, locate_task
+from accord.cli_common import StoreOpt, err, out, parse_value, user_errors
 from accord.cli_state import register as register_state_commands
-from accord.errors import AccordError, ConfigError, TaskError
+from accord.errors import ConfigError, TaskError
 from accord.handles import Run
 from accord.scheduling.report import live_nodes, unschedulable, unschedulable_reason
 from accord.store import open_store
@@ -36,28 +35,7 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-if not out.is_terminal:
-    # Piped or captured: do not cut table cells to 80 columns.
-    out = Console(width=240)
-err = Console(stderr=True, soft_wrap=True)
-
-StoreOpt = Annotated[
-    str | None,
-    typer.Option("--store", envvar="ACCORD_STORE", help="Store URL (sqlite:///path.db)."),
-]
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except AccordError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    except TimeoutError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(3) from None
+_errors = user_errors
 
 
 def _cwd_on_path() -> None:
@@ -76,13 +54,6 @@ def _secs(start: float | None, end: float | None) -> str:
     if start is None or end is None:
         return "-"
     return f"{end - start:.3f}s"
-
-
-def _parse_arg(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def follow(
@@ -144,7 +115,7 @@ def run(
         app = workflow.app
         if store:
             app._url = store
-        values = [_parse_arg(a) for a in args or []]
+        values = [parse_value(a) for a in args or []]
         started = app.start(workflow, *values)
         err.print(f"run {started.id} started ({workflow.name})", highlight=False)
         options = {"slots": slots} if slots else {}

@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from accord.errors import AccordError, ConfigError
+from accord.cli_common import StoreOpt, err, out, parse_value, user_errors
+from accord.errors import ConfigError
 from accord.messaging import Mailbox, Topic
 from accord.state import Change, Entry, State
 from accord.store import Store, open_store
@@ -46,13 +46,6 @@ topic_cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-StoreOpt = Annotated[
-    str | None,
-    typer.Option("--store", envvar="ACCORD_STORE", help="Store URL (sqlite:///path.db)."),
-]
 AppOpt = Annotated[
     str | None, typer.Option("--app", envvar="ACCORD_APP_NAME", help="the app's namespace")
 ]
@@ -70,15 +63,8 @@ def register(cli: typer.Typer) -> None:
 
 @contextmanager
 def _store(url: str | None) -> Iterator[Store]:
-    try:
-        with open_store(url) as store:
-            yield store
-    except AccordError as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    except TimeoutError as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(3) from None
+    with user_errors(), open_store(url) as store:
+        yield store
 
 
 def _namespace(store: Store, app: str | None, run: int | None, agent: str | None) -> State:
@@ -94,13 +80,6 @@ def _namespace(store: Store, app: str | None, run: int | None, agent: str | None
     if app is not None:
         return state.scope(app)
     return state
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _json(value: Any) -> str:
@@ -161,7 +140,7 @@ def put(
     """Write a key; print the new revision."""
     with _store(store) as s:
         state = _namespace(s, app, run, agent)
-        out.print(state.put(key, _value(value), expect_version=expect_version))
+        out.print(state.put(key, parse_value(value), expect_version=expect_version))
 
 
 @state_cli.command("delete")
@@ -326,7 +305,7 @@ def mailbox_send(
 ) -> None:
     """Send one message; print its id."""
     with _store(store) as s:
-        out.print(Mailbox(s, name).send(_value(payload), id=msg_id))
+        out.print(Mailbox(s, name).send(parse_value(payload), id=msg_id))
 
 
 @topic_cli.command("publish")
@@ -338,7 +317,7 @@ def topic_publish(
 ) -> None:
     """Publish one message; print its offset."""
     with _store(store) as s:
-        out.print(Topic(s, name).publish(_value(payload), id=msg_id))
+        out.print(Topic(s, name).publish(parse_value(payload), id=msg_id))
 
 
 @topic_cli.command("tail")
