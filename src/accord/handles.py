@@ -172,11 +172,14 @@ class Run:
         """
         store = self._app.store
 
-        def check() -> RunInfo | None:
-            info = store.run(self.id)
-            return info if info.state != "running" else None
+        def check() -> str | None:
+            # Only the state while waiting: counting the run's tasks on every
+            # commit would cost the waiter more than the run.
+            state = store.run_state(self.id)
+            return state if state != "running" else None
 
-        info = wait_until(self._app, check, timeout, f"run {self.id}")
+        wait_until(self._app, check, timeout, f"run {self.id}")
+        info = store.run(self.id)
         if info.root_task_id is not None:
             root = store.results([info.root_task_id])[0]
             return outcome(root, info.name)

@@ -304,6 +304,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def run(self, run_id: int) -> RunInfo: ...
 
+    def run_state(self, run_id: int) -> str:
+        """The run's state alone: cheaper than :meth:`run` for a waiter."""
+        return self.run(run_id).state
+
     @abc.abstractmethod
     def runs(self, limit: int = 20) -> list[RunInfo]: ...
 

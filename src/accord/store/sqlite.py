@@ -1185,6 +1185,12 @@ class SqliteStore(SqliteStateMixin, Store):
             raise NotFoundError(f"run {run_id} does not exist", run_id=run_id)
         return self._run_info(rows[0])
 
+    def run_state(self, run_id: int) -> str:
+        rows = self._read("SELECT state FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise NotFoundError(f"run {run_id} does not exist", run_id=run_id)
+        return str(rows[0][0])
+
     def _run_info(self, row: Any) -> RunInfo:
         counts = dict(
             self._read(
