@@ -25,7 +25,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
 
 from accord.app import App
 from accord.errors import ConfigError, StoreError
@@ -167,13 +166,34 @@ class Node:
             self._thread.join(timeout)
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and a first Ctrl-C stop gracefully; a second Ctrl-C at once."""
+        """SIGTERM and a first Ctrl-C stop gracefully; a second stops at once.
 
-        def on_signal(signum: int, frame: Any) -> None:
+        Call it from the main thread before :meth:`run`. The signals are
+        blocked in every thread and taken by one thread with ``sigwait``: a
+        Python-level handler can miss a signal that the kernel delivers to a
+        thread other than the main one (CPython then does not wake the main
+        thread's loop), and a node that ignores SIGTERM cannot be stopped.
+        """
+        stops = {signal.SIGTERM, signal.SIGINT}
+
+        def on_signal(signum: int, frame: object) -> None:
             self.stop(graceful=not self._stop.is_set())
 
+        def take_signals() -> None:
+            while True:
+                signal.sigwait(stops)
+                self.stop(graceful=not self._stop.is_set())
+
+        # multiprocessing unblocks both signals in the thread that first starts
+        # its resource tracker: start it now, before blocking them.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        # The handlers only serve if something unblocks the signals again.
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        threading.Thread(target=take_signals, name="accord-signals", daemon=True).start()
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
@@ -219,6 +239,11 @@ class Node:
                     break
                 if pool.fatal is not None:
                     raise ConfigError(pool.fatal)
+                # First, before anything that may loop back: a busy node and a
+                # node whose store fails must both keep heartbeating (or fence).
+                if now >= next_heartbeat:
+                    last_heartbeat = self._heartbeat(pool, held, waiting, last_heartbeat)
+                    next_heartbeat = now + self.heartbeat_interval
                 self._dispatch(pool, waiting, dispatched, now)
                 target = self._target()
                 want = target - len(waiting) - pool.active()
@@ -299,9 +324,6 @@ class Node:
                     if claimed:
                         last_activity = now
                     continue
-                if now >= next_heartbeat:
-                    last_heartbeat = self._heartbeat(pool, held, waiting, last_heartbeat)
-                    next_heartbeat = now + self.heartbeat_interval
                 idle = now - last_activity > 1.0
                 finished = pool.wait(WAIT_SLOW if idle else WAIT_FAST)
                 if finished:

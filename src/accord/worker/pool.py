@@ -290,6 +290,23 @@ class ProcessPool:
             self._stop(proc)
 
 
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Start threads with SIGTERM and SIGINT blocked, so the kernel delivers
+    them to the main thread.
+
+    A signal that lands on another thread sets CPython's pending flag without
+    waking the main thread's eval loop (the flag is computed for the thread
+    that caught it), so a node could miss its SIGTERM until some other event.
+    """
+    stops = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @dataclass(eq=False)
 class _Thread:
     inbox: queue.SimpleQueue[ClaimedTask | None] = field(default_factory=queue.SimpleQueue)
@@ -317,7 +334,8 @@ class ThreadPool:
         slot.thread = threading.Thread(
             target=self._serve, args=(slot,), name="accord-slot", daemon=True
         )
-        slot.thread.start()
+        with _stop_signals_blocked():
+            slot.thread.start()
         self._threads.append(slot)
         return slot
 
