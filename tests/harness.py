@@ -623,12 +623,20 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+# How long after its node a slot may still start a task it had been sent.
+SLOT_DEATH_S = 0.5
+
+
 def hits(executions: Sequence[Execution], faults: Sequence[Fault]) -> dict[int, int]:
     """For each task, how many of its executions a fault hit: the execution
-    ran on the faulted node (its slot's parent) and started before the fault."""
+    ran on the faulted node (its slot's parent) and started before the fault,
+    or never returned (a slot dies a moment after its node: it may start a
+    task already in its pipe just after the fault was logged)."""
     out: dict[int, int] = defaultdict(int)
     for e in executions:
-        if any(f.pid == e.ppid and e.start <= f.start for f in faults):
+        if any(
+            f.pid == e.ppid and (e.start <= f.start + SLOT_DEATH_S or e.end is None) for f in faults
+        ):
             out[e.task_id] += 1
     return dict(out)
 
