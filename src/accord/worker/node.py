@@ -45,6 +45,7 @@ IDLE_CLAIM_INTERVAL = 0.5
 # (only while queued tasks keep the slots busy).
 FLUSH_AGE = 0.005
 FLUSH_COUNT = 256
+MIN_PRIORITY = -(2**63)
 # While the local queue is full, look for more urgent work at most this often.
 PROBE_INTERVAL = 0.002
 WAIT_FAST = 0.001
@@ -228,6 +229,7 @@ class Node:
         urgent = False
         next_probe = 0.0
         done_since = 0.0
+        done_top = MIN_PRIORITY  # the highest priority among ``done``
         next_claim = 0.0
         next_heartbeat = time.monotonic() + self.heartbeat_interval
         last_heartbeat = time.monotonic()
@@ -255,11 +257,7 @@ class Node:
                     or len(done) >= FLUSH_COUNT
                     or now - done_since >= FLUSH_AGE
                     # something more important than the queue finished: report it now
-                    or any(
-                        held[c.task_id].priority > waiting[0].priority
-                        for c in done
-                        if c.task_id in held
-                    )
+                    or done_top > waiting[0].priority
                 )
                 refill = (
                     want > 0
@@ -303,6 +301,7 @@ class Node:
                             )
                     self.executed += len(done)
                     done = []
+                    done_top = MIN_PRIORITY
                     for task in claimed:
                         held[task.id] = task
                     if urgent and claimed and waiting:
@@ -332,6 +331,10 @@ class Node:
                         done_since = last_activity
                     self._learn(finished, dispatched, held, last_activity)
                     done.extend(finished)
+                    for completion in finished:
+                        ran = held.get(completion.task_id)
+                        if ran is not None and ran.priority > done_top:
+                            done_top = ran.priority
                 if store.changed():
                     look = True
                     if waiting and now >= next_probe:
