@@ -12,7 +12,8 @@ import accord
 from accord import serde
 from accord.store import open_store
 from accord.store.base import Completion, NewRun, NewTask, Outcome, TaskState
-from accord.store.sqlite import MAX_LEASE_LOSSES, SCHEMA_VERSION, SqliteStore
+from accord.store.sql import MAX_LEASE_LOSSES
+from accord.store.sqlite import SCHEMA_VERSION, SqliteStore
 from apps import flows as f
 
 Counts = Callable[[], dict[str, int]]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import accord
-from accord.store.sqlite import MAX_LEASE_LOSSES
+from accord.store.sql import MAX_LEASE_LOSSES
 from apps import chaos
 from harness import Cluster, report
 

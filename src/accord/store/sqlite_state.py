@@ -68,7 +68,7 @@ from accord.store.state_base import (
 )
 
 if TYPE_CHECKING:
-    from accord.store.sqlite import _Tx
+    from accord.store.sql import Conn, _Tx
 
 T = TypeVar("T")
 
@@ -301,14 +301,14 @@ class SqliteStateMixin(StateStore):
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
 
-    def _check_fence(self, c: sqlite3.Connection, fence: Fence, what: str) -> None:
+    def _check_fence(self, c: Conn, fence: Fence, what: str) -> None:
         if fence is None:
             return
         row = c.execute("SELECT fence, state FROM tasks WHERE id = ?", (fence[0],)).fetchone()
         if row is None or row[0] != fence[1] or row[1] != "running":
             raise _fenced(fence, what)
 
-    def _meta(self, c: sqlite3.Connection) -> tuple[int, int, int | None]:
+    def _meta(self, c: Conn) -> tuple[int, int, int | None]:
         revision, compacted, retain = c.execute(_META).fetchone()
         return revision, compacted, retain
 
@@ -420,7 +420,7 @@ class SqliteStateMixin(StateStore):
         return None, current  # leases keep expiring under us: report what we saw
 
     def _get_at(self, key: str, revision: int) -> tuple[KvRow | None, int]:
-        def read(c: sqlite3.Connection) -> tuple[KvRow | None, int]:
+        def read(c: Conn) -> tuple[KvRow | None, int]:
             current, compacted, _ = self._meta(c)
             _check_revision(revision, current, compacted, "read at")
             r = c.execute(
@@ -442,7 +442,7 @@ class SqliteStateMixin(StateStore):
         count = _NO_LIMIT if limit is None else limit
         if revision is None:
 
-            def read_now(c: sqlite3.Connection) -> tuple[list[KvRow], int, float | None]:
+            def read_now(c: Conn) -> tuple[list[KvRow], int, float | None]:
                 current = self._meta(c)[0]
                 expiry = c.execute("SELECT min(expires_at) FROM kv_leases").fetchone()[0]
                 rows = c.execute(
@@ -464,7 +464,7 @@ class SqliteStateMixin(StateStore):
 
         hcond, _ = _key_cond(prefix, True, "h.key")
 
-        def read_at(c: sqlite3.Connection) -> tuple[list[KvRow], int]:
+        def read_at(c: Conn) -> tuple[list[KvRow], int]:
             current, compacted, _ = self._meta(c)
             _check_revision(revision, current, compacted, "read at")
             rows = c.execute(
@@ -655,7 +655,7 @@ class SqliteStateMixin(StateStore):
             + " ORDER BY revision, seq LIMIT ?"
         )
 
-        def read(c: sqlite3.Connection) -> ChangesPage:
+        def read(c: Conn) -> ChangesPage:
             current, compacted, _ = self._meta(c)
             if from_revision < compacted:
                 raise CompactedError(
@@ -1074,14 +1074,14 @@ class SqliteStateMixin(StateStore):
                 c.execute("UPDATE topics SET next_offset = ? WHERE name = ?", (offset, topic))
             return out
 
-    def _topic_bounds(self, c: sqlite3.Connection, topic: str) -> tuple[int, int]:
+    def _topic_bounds(self, c: Conn, topic: str) -> tuple[int, int]:
         r = c.execute(
             "SELECT first_offset, next_offset FROM topics WHERE name = ?", (topic,)
         ).fetchone()
         return (0, 0) if r is None else (r[0], r[1])
 
     def topic_read(self, topic: str, from_offset: int, limit: int) -> TopicPage:
-        def read(c: sqlite3.Connection) -> TopicPage:
+        def read(c: Conn) -> TopicPage:
             first, nxt = self._topic_bounds(c, topic)
             if from_offset < first:
                 raise CompactedError(

@@ -1,0 +1,1126 @@
+"""The task store's logic, written once in the SQL that SQLite and PostgreSQL share.
+
+A backend subclass supplies connections and transactions (``_write``,
+``_read``) and a few dialect strings; the rules for submitting, claiming,
+completing, retrying, cancelling and finishing runs live here, so both
+backends keep the same semantics.
+
+Concurrency: on SQLite every write transaction holds the one database lock,
+so reads inside it are already stable. On PostgreSQL transactions run side by
+side at READ COMMITTED, so a read that a write depends on takes a row lock
+(the dialect's ``lock``/``share`` strings, empty on SQLite), claims skip rows
+that another claimer holds (``skip_locked``), and a run's row is locked before
+deciding whether it has ended. Transactions that lose a deadlock or a race on
+a unique key are run again by ``_write``.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol, TypeVar
+
+from accord.errors import (
+    ConflictError,
+    FencedError,
+    NotFoundError,
+)
+from accord.scheduling.policy import (
+    Candidate,
+    CostPolicy,
+    NodeSpec,
+    Policy,
+    fits,
+    needs_of,
+    req_key,
+)
+from accord.store.base import (
+    ClaimedTask,
+    Completion,
+    Event,
+    NewRun,
+    NewTask,
+    NodeInfo,
+    Outcome,
+    RunInfo,
+    Store,
+    TaskInfo,
+    TaskResult,
+    TaskState,
+)
+
+T = TypeVar("T")
+
+MAX_LEVELS = 64
+# A task whose lease expires this many times (its nodes died or hung while
+# holding it) is failed; lease losses do not count against its retries.
+MAX_LEASE_LOSSES = 3
+DEFAULT_POLICY = CostPolicy()
+
+
+@dataclass(slots=True)
+class _LimitState:
+    running: int
+    concurrency: int | None
+    rate: float | None
+    tokens: float
+    used: bool = False
+
+
+_OPEN_STATES = "('pending', 'ready', 'running')"
+_EXPIRED_BATCH = 64
+
+_TASK_INFO_SQL = """
+SELECT t.id, t.run_id, t.parent_id, t.name, t.queue, t.state, t.priority, t.attempts,
+       t.max_attempts, t.fence, t.node_id, n.name, t.created_at, t.started_at,
+       t.finished_at, t.ready_at, t.deadline_at, t.requires, t.resources, t.error,
+       t.error_type, t.traceback, t.forward_to, t.losses
+FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id
+"""
+
+
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Conn(Protocol):
+    """What the shared logic needs of a connection: ``?`` placeholders."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, params: Iterable[Any], /) -> Any: ...
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """The numbered migration scripts of a backend, in order."""
+    folder = resources.files("accord.store").joinpath("migrations", dialect)
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text("utf-8")))
+    return sorted(found)
+
+
+def statements(script: str) -> list[str]:
+    """A migration script's statements."""
+    # Our migrations have no "--" inside string literals, so comments end at the line's end.
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: uniform in [d/2, d], d = base * 2^(n-1)."""
+    delay: float = min(cap, base * (2.0 ** max(0, attempt - 1)))
+    return delay * (0.5 + random.random() / 2)
+
+
+class _Tx:
+    """One write transaction: its connection, its clock and the runs it touched."""
+
+    __slots__ = ("c", "now", "touched")
+
+    def __init__(self, c: Conn, now: float) -> None:
+        self.c = c
+        self.now = now
+        self.touched: set[int] = set()
+
+
+class SqlStore(Store):
+    """The task store over a SQL backend; subclasses give it connections."""
+
+    # Dialect: row locks for reads that a write depends on (empty where the
+    # whole database is locked by the writer anyway).
+    lock = ""  # the rows read will be changed by this transaction
+    lock_t = ""  # the same, for the ``t`` table of a join
+    share = ""  # the rows read must not change before this transaction ends
+    skip_locked = ""  # claim rows no other claimer holds
+    skip_locked_t = ""
+    greatest = "max"  # the larger of two values
+
+    @abc.abstractmethod
+    def _write(self, body: Callable[[_Tx], T]) -> T:
+        """Run ``body`` in one write transaction and commit; run it again if
+        the backend aborted it for a reason that a new try resolves."""
+
+    @abc.abstractmethod
+    def _read(self, sql: str, params: Any = ()) -> list[Any]:
+        """One read statement, outside any transaction."""
+
+    @abc.abstractmethod
+    def _snap(self, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn``'s reads on one connection, seeing one state of the store."""
+
+    @abc.abstractmethod
+    def _ids_in(self, column: str, ids: list[int]) -> tuple[str, Any]:
+        """A condition ``column`` is one of ``ids``, and its parameter."""
+
+    # -- submission -------------------------------------------------------
+    def submit(
+        self,
+        tasks: list[NewTask],
+        *,
+        run: NewRun | None = None,
+        run_id: int | None = None,
+        parent: tuple[int, int] | None = None,
+    ) -> tuple[int, list[int]]:
+        def body(tx: _Tx) -> tuple[int, list[int]]:
+            c = tx.c
+            if parent is not None:
+                row = c.execute(
+                    f"SELECT run_id, fence, state FROM tasks WHERE id = ?{self.share}", (parent[0],)
+                ).fetchone()
+                if row is None:
+                    raise NotFoundError(f"parent task {parent[0]} does not exist")
+                if row[1] != parent[1] or row[2] != "running":
+                    raise FencedError(
+                        f"task {parent[0]} attempt with fence {parent[1]} no longer holds its "
+                        "lease; its child tasks were not submitted",
+                        task_id=parent[0],
+                        fence=parent[1],
+                    )
+                run_id = row[0]
+            if len(tasks) == 1 and tasks[0].idempotency_key is not None:
+                existing = self._idempotent(c, tasks[0])
+                if existing is not None:
+                    return existing
+            if run is not None:
+                run_id = c.execute(
+                    "INSERT INTO runs (app, name, state, created_at) VALUES (?, ?, 'running', ?) "
+                    "RETURNING id",
+                    (run.app, run.name, tx.now),
+                ).fetchone()[0]
+            if run_id is None:
+                raise ValueError("submit needs a run, a run_id or a parent")
+            ids = self._insert_tasks(tx, run_id, tasks, parent[0] if parent else None)
+            if run is not None and run.rooted and tasks:
+                c.execute("UPDATE runs SET root_task_id = ? WHERE id = ?", (ids[0], run_id))
+            tx.touched.add(run_id)
+            self._finish_runs(tx)
+            return run_id, ids
+
+        return self._write(body)
+
+    def _idempotent(self, c: Conn, task: NewTask) -> tuple[int, list[int]] | None:
+        row = c.execute(
+            "SELECT id, run_id, name, args FROM tasks WHERE idempotency_key = ?",
+            (task.idempotency_key,),
+        ).fetchone()
+        if row is None:
+            return None
+        # Handles among the arguments are stored as positions: compare what they point at.
+        deps = [
+            r[0]
+            for r in c.execute(
+                "SELECT dep_id FROM deps WHERE task_id = ? AND pos >= 0 ORDER BY pos", (row[0],)
+            )
+        ]
+        if row[2] != task.name or bytes(row[3]) != task.args or deps != list(task.deps):
+            raise ConflictError(
+                f"idempotency key {task.idempotency_key!r} was used for task {row[0]} "
+                f"({row[2]}) with other arguments; use a new key for a different call",
+                task_id=row[0],
+            )
+        return row[1], [row[0]]
+
+    def _insert_tasks(
+        self, tx: _Tx, run_id: int, tasks: list[NewTask], parent_id: int | None
+    ) -> list[int]:
+        c = tx.c
+        ids: list[int] = []
+        states: dict[int, str] = {}
+        for task in tasks:
+            if parent_id is not None and task.seq is not None:
+                row = c.execute(
+                    "SELECT id, state FROM tasks WHERE parent_id = ? AND seq = ?",
+                    (parent_id, task.seq),
+                ).fetchone()
+                if row is not None:  # made by an earlier attempt of the parent
+                    ids.append(row[0])
+                    states[row[0]] = row[1]
+                    continue
+            if task.limit_key is not None:
+                self._define_limit(tx, task)
+            deps = [ids[-d - 1] if d < 0 else d for d in task.deps]
+            remaining = 0
+            blocked: str | None = None
+            for dep in deps:
+                state = states.get(dep)
+                if state is None:
+                    # Locked until this commit: its end must see the new dependent.
+                    found = c.execute(
+                        f"SELECT state, name FROM tasks WHERE id = ?{self.share}", (dep,)
+                    ).fetchone()
+                    if found is None:
+                        raise NotFoundError(
+                            f"{task.name}() depends on task {dep}, which does not exist",
+                            task_id=dep,
+                        )
+                    state = found[0]
+                if state in ("failed", "cancelled"):
+                    blocked = f"dependency task {dep} {state}"
+                elif state != "succeeded":
+                    remaining += 1
+            state = "cancelled" if blocked else ("pending" if remaining else "ready")
+            task_id = c.execute(
+                "INSERT INTO tasks (run_id, parent_id, seq, idempotency_key, queue, name, state, "
+                "priority, weight, size, args, n_deps, deps_remaining, max_attempts, backoff, "
+                "max_backoff, timeout, requires, resources, ready_at, created_at, error, "
+                "finished_at, deadline_at, req_key, limit_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?) "
+                "RETURNING id",
+                (
+                    run_id,
+                    parent_id,
+                    task.seq,
+                    task.idempotency_key,
+                    task.queue,
+                    task.name,
+                    state,
+                    task.priority,
+                    task.weight,
+                    task.size,
+                    task.args,
+                    len(deps),
+                    remaining,
+                    task.max_attempts,
+                    task.backoff,
+                    task.max_backoff,
+                    task.timeout,
+                    json.dumps(task.requires) if task.requires else None,
+                    json.dumps(task.resources) if task.resources else None,
+                    max(task.ready_at, tx.now),
+                    tx.now,
+                    blocked,
+                    tx.now if blocked else None,
+                    task.deadline_at,
+                    req_key(task.requires),
+                    task.limit_key,
+                ),
+            ).fetchone()[0]
+            if deps:
+                c.executemany(
+                    "INSERT INTO deps (task_id, pos, dep_id) VALUES (?, ?, ?)",
+                    [(task_id, pos, dep) for pos, dep in enumerate(deps)],
+                )
+            ids.append(task_id)
+            states[task_id] = state
+        return ids
+
+    # -- the node's side --------------------------------------------------
+    def exchange(
+        self,
+        node_id: int,
+        completions: list[Completion],
+        *,
+        queue: str,
+        claim: int,
+        lease_ttl: float,
+        node: NodeSpec | None = None,
+        free: dict[str, float] | None = None,
+        policy: Policy | None = None,
+    ) -> tuple[list[bool], list[ClaimedTask]]:
+        def body(tx: _Tx) -> tuple[list[bool], list[ClaimedTask]]:
+            accepted = [self._complete(tx, done) for done in completions]
+            if completions:
+                tx.c.execute(
+                    "UPDATE nodes SET completed = completed + ? WHERE id = ?",
+                    (sum(accepted), node_id),
+                )
+            self._finish_runs(tx)
+            claimed = []
+            if claim > 0:
+                claimed = self._claim(tx, node_id, queue, claim, lease_ttl, node, free, policy)
+            return accepted, claimed
+
+        return self._write(body)
+
+    def _complete(self, tx: _Tx, done: Completion) -> bool:
+        c = tx.c
+        if done.outcome is Outcome.OK:
+            row = c.execute(
+                "UPDATE tasks SET state = 'succeeded', result = ?, finished_at = ?, "
+                "lease_expires_at = NULL WHERE id = ? AND fence = ? AND state = 'running' "
+                "RETURNING run_id, deadline_at, late",
+                (done.result, tx.now, done.task_id, done.fence),
+            ).fetchone()
+            if row is None:
+                return False
+            tx.touched.add(row[0])
+            if row[1] is not None and row[1] < tx.now and not row[2]:
+                self._late(tx, done.task_id, row[0], tx.now - row[1], "finished")
+            self._settle(tx, done.task_id, "succeeded")
+            return True
+        row = c.execute(
+            "SELECT run_id, attempts, max_attempts, backoff, max_backoff FROM tasks "
+            f"WHERE id = ? AND fence = ? AND state = 'running'{self.lock}",
+            (done.task_id, done.fence),
+        ).fetchone()
+        if row is None:
+            return False
+        run_id, attempts, max_attempts, backoff, max_backoff = row
+        tx.touched.add(run_id)
+        if done.outcome is Outcome.FORWARD:
+            assert done.forward_to is not None
+            self._forward(tx, done.task_id, done.forward_to)
+        elif done.retryable and attempts < max_attempts:
+            delay = done.retry_delay
+            if delay is None:
+                delay = backoff_delay(attempts, backoff, max_backoff)
+            c.execute(
+                "UPDATE tasks SET state = 'ready', ready_at = ?, node_id = NULL, "
+                "lease_expires_at = NULL, error = ?, error_type = ?, traceback = ? WHERE id = ?",
+                (tx.now + delay, done.error, done.error_type, done.traceback, done.task_id),
+            )
+            self._event(tx, "retry", run_id, done.task_id, f"{done.error} (next in {delay:.2f}s)")
+        else:
+            self._fail(tx, done.task_id, run_id, done.error, done.error_type, done.traceback)
+        return True
+
+    def _fail(
+        self,
+        tx: _Tx,
+        task_id: int,
+        run_id: int,
+        error: str | None,
+        error_type: str | None,
+        traceback: str | None,
+    ) -> None:
+        tx.c.execute(
+            "UPDATE tasks SET state = 'failed', finished_at = ?, lease_expires_at = NULL, "
+            "error = ?, error_type = ?, traceback = ? WHERE id = ?",
+            (tx.now, error, error_type, traceback, task_id),
+        )
+        tx.touched.add(run_id)
+        self._event(tx, "failed", run_id, task_id, error)
+        self._settle(tx, task_id, "failed")
+
+    def _forward(self, tx: _Tx, task_id: int, target: int) -> None:
+        c = tx.c
+        row = c.execute(
+            "SELECT state, result, error, error_type, traceback FROM tasks "
+            f"WHERE id = ?{self.share}",
+            (target,),
+        ).fetchone()
+        if row is None:
+            c.execute(
+                "UPDATE tasks SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                (tx.now, f"returned a handle to task {target}, which does not exist", task_id),
+            )
+            self._settle(tx, task_id, "failed")
+            return
+        state = row[0]
+        if state in ("succeeded", "failed", "cancelled"):
+            c.execute(
+                "UPDATE tasks SET state = ?, result = ?, error = ?, error_type = ?, "
+                "traceback = ?, finished_at = ?, lease_expires_at = NULL, forward_to = ? "
+                "WHERE id = ?",
+                (state, row[1], row[2], row[3], row[4], tx.now, target, task_id),
+            )
+            self._settle(tx, task_id, state)
+            return
+        c.execute(
+            "INSERT INTO deps (task_id, pos, dep_id) VALUES (?, -1, ?) "
+            "ON CONFLICT (task_id, pos) DO UPDATE SET dep_id = excluded.dep_id",
+            (task_id, target),
+        )
+        c.execute(
+            "UPDATE tasks SET state = 'pending', deps_remaining = 1, forward_to = ?, "
+            "lease_expires_at = NULL WHERE id = ?",
+            (target, task_id),
+        )
+
+    def _settle(self, tx: _Tx, task_id: int, state: str) -> None:
+        """Propagate a task's end to the tasks that wait on it."""
+        c = tx.c
+        work = [(task_id, state)]
+        while work:
+            done_id, done_state = work.pop()
+            dependents = c.execute(
+                "SELECT t.id, t.run_id, t.deps_remaining, t.forward_to FROM deps d "
+                f"JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = ? AND t.state = 'pending'"
+                f"{self.lock_t}",
+                (done_id,),
+            ).fetchall()
+            for dep_id, run_id, remaining, forward_to in dependents:
+                tx.touched.add(run_id)
+                if done_state == "succeeded":
+                    if remaining > 1:
+                        c.execute(
+                            "UPDATE tasks SET deps_remaining = ? WHERE id = ?",
+                            (remaining - 1, dep_id),
+                        )
+                    elif forward_to == done_id:
+                        c.execute(
+                            "UPDATE tasks SET state = 'succeeded', deps_remaining = 0, "
+                            "finished_at = ?, result = (SELECT result FROM tasks WHERE id = ?) "
+                            "WHERE id = ?",
+                            (tx.now, done_id, dep_id),
+                        )
+                        work.append((dep_id, "succeeded"))
+                    else:
+                        c.execute(
+                            "UPDATE tasks SET state = 'ready', deps_remaining = 0, "
+                            f"ready_at = {self.greatest}(ready_at, ?) WHERE id = ?",
+                            (tx.now, dep_id),
+                        )
+                elif forward_to == done_id:
+                    c.execute(
+                        "UPDATE tasks SET (state, error, error_type, traceback) = "
+                        "(SELECT state, error, error_type, traceback FROM tasks WHERE id = ?), "
+                        "finished_at = ? WHERE id = ?",
+                        (done_id, tx.now, dep_id),
+                    )
+                    work.append((dep_id, done_state))
+                else:
+                    name = c.execute("SELECT name FROM tasks WHERE id = ?", (done_id,)).fetchone()
+                    c.execute(
+                        "UPDATE tasks SET state = 'cancelled', finished_at = ?, error = ? "
+                        "WHERE id = ?",
+                        (tx.now, f"dependency task {done_id} ({name[0]}) {done_state}", dep_id),
+                    )
+                    work.append((dep_id, "cancelled"))
+
+    def _finish_runs(self, tx: _Tx) -> None:
+        """Close the runs touched by this transaction that have no open task left."""
+        c = tx.c
+        # Runs are locked in id order, so two transactions that both end tasks
+        # of a run decide one after the other and the second sees the first.
+        for run_id in sorted(tx.touched):
+            run = c.execute(
+                f"SELECT state, root_task_id FROM runs WHERE id = ?{self.lock}", (run_id,)
+            ).fetchone()
+            if run is None or run[0] != "running":
+                continue
+            root_id = run[1]
+            root_state = root_error = None
+            if root_id is not None:
+                root_state, root_error = c.execute(
+                    "SELECT state, error FROM tasks WHERE id = ?", (root_id,)
+                ).fetchone()
+            if root_state in ("failed", "cancelled"):
+                # The workflow itself ended without a value: stop what it started.
+                reason = f"run {run_id} {root_state}: task {root_id} {root_state}"
+                open_ids = [
+                    row[0]
+                    for row in c.execute(
+                        f"SELECT id FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES}",
+                        (run_id,),
+                    )
+                ]
+                for task_id in open_ids:
+                    self._cancel_one(tx, task_id, reason)
+                c.execute(
+                    "UPDATE runs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                    (root_state, tx.now, root_error, run_id),
+                )
+                self._event(tx, f"run_{root_state}", run_id, None, root_error)
+                continue
+            still_open = c.execute(
+                f"SELECT 1 FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES} LIMIT 1",
+                (run_id,),
+            ).fetchone()
+            if still_open:
+                continue
+            if root_id is not None:
+                state, error = root_state, root_error
+            else:
+                counts = dict(
+                    c.execute(
+                        "SELECT state, count(*) FROM tasks WHERE run_id = ? GROUP BY state",
+                        (run_id,),
+                    ).fetchall()
+                )
+                state = (
+                    "failed"
+                    if counts.get("failed")
+                    else "cancelled"
+                    if counts.get("cancelled")
+                    else "succeeded"
+                )
+                error = None if state == "succeeded" else f"{counts.get(state)} task(s) {state}"
+            c.execute(
+                "UPDATE runs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                (state, tx.now, error, run_id),
+            )
+            self._event(tx, f"run_{state}", run_id, None, error)
+
+    def _claim(
+        self,
+        tx: _Tx,
+        node_id: int,
+        queue: str,
+        limit: int,
+        lease_ttl: float,
+        node: NodeSpec | None,
+        free: dict[str, float] | None,
+        policy: Policy | None,
+    ) -> list[ClaimedTask]:
+        c = tx.c
+        self._reclaim_expired(tx)
+        now = tx.now
+        node = node or NodeSpec()
+        policy = policy or DEFAULT_POLICY
+        free = dict(free) if free is not None else None
+        # Bounded candidates: the oldest eligible tasks of each (requirement
+        # class, priority) level, read off the tasks_ready index. Levels are
+        # found by skipping through the index, one seek each.
+        per_level = limit + 16
+        candidates: list[Any] = []
+        level = c.execute(
+            "SELECT req_key, priority FROM tasks WHERE queue = ? AND state = 'ready' "
+            "ORDER BY req_key, priority LIMIT 1",
+            (queue,),
+        ).fetchone()
+        levels = 0
+        while level is not None and levels < MAX_LEVELS:
+            levels += 1
+            level_req, level_priority = level
+            if node.can_meet(level_req):
+                candidates += c.execute(
+                    "SELECT id, priority, weight, size, ready_at, deadline_at, resources, "
+                    "limit_key FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = ? "
+                    "AND priority = ? AND ready_at <= ? ORDER BY ready_at LIMIT ?"
+                    f"{self.skip_locked}",
+                    (queue, level_req, level_priority, now, per_level),
+                ).fetchall()
+            level = self._next_level(c, queue, level_req, level_priority)
+        # Tasks with deadlines come first inside their band, wherever they sit:
+        # the earliest deadlines join the candidates through their own index.
+        seen = {r[0] for r in candidates}
+        for r in c.execute(
+            "SELECT id, priority, weight, size, ready_at, deadline_at, resources, limit_key, "
+            "req_key FROM tasks WHERE queue = ? AND state = 'ready' AND deadline_at IS NOT NULL "
+            f"AND ready_at <= ? ORDER BY deadline_at LIMIT ?{self.skip_locked}",
+            (queue, now, per_level),
+        ):
+            if r[0] not in seen and node.can_meet(r[8]):
+                candidates.append(r[:8])
+        if not candidates:
+            return []
+        speed = node.speed
+
+        def rank(r: Any) -> tuple[float, ...]:
+            return policy.key(Candidate(r[0], r[1], r[2], r[3], r[4], r[5]), now, speed)
+
+        candidates.sort(key=rank)
+        picked: list[int] = []
+        needs_by_id: dict[int, dict[str, float]] = {}
+        limits: dict[str, _LimitState | None] = {}
+        for r in candidates:
+            if len(picked) >= limit:
+                break
+            needs = needs_of(json.loads(r[6]) if r[6] else None)
+            # ``free`` may be scaled up for prefetch; a task needing more than
+            # the node has at all could never start there: leave it ready.
+            if free is not None and not (fits(needs, free) and node.can_hold(needs)):
+                continue
+            if r[7] is not None and not self._limit_allows(tx, r[7], limits):
+                continue
+            picked.append(r[0])
+            needs_by_id[r[0]] = needs
+            if free is not None:
+                for kind, amount in needs.items():
+                    free[kind] = free.get(kind, 0.0) - amount
+        self._save_limits(tx, limits)
+        if not picked:
+            return []
+        where, param = self._ids_in("id", picked)
+        rows = c.execute(
+            "UPDATE tasks SET state = 'running', node_id = ?, attempts = attempts + 1, "
+            f"fence = fence + 1, lease_expires_at = ?, started_at = ? WHERE {where} "
+            "AND state = 'ready' "
+            "RETURNING id, run_id, name, args, fence, attempts, max_attempts, timeout, size, "
+            "n_deps, priority, deadline_at, late",
+            (node_id, now + lease_ttl, now, param),
+        ).fetchall()
+        order = {task_id: i for i, task_id in enumerate(picked)}
+        rows.sort(key=lambda r: order[r[0]])
+        inputs: dict[int, list[bytes | None]] = {}
+        with_deps = [row[0] for row in rows if row[9]]
+        if with_deps:
+            where, param = self._ids_in("d.task_id", with_deps)
+            for task_id, result in c.execute(
+                "SELECT d.task_id, t.result FROM deps d JOIN tasks t ON t.id = d.dep_id "
+                f"WHERE {where} AND d.pos >= 0 ORDER BY d.task_id, d.pos",
+                (param,),
+            ):
+                inputs.setdefault(task_id, []).append(result)
+        claimed = []
+        for row in rows:
+            if row[11] is not None and row[11] < now and not row[12]:
+                self._late(tx, row[0], row[1], now - row[11], "started")
+            dep_results = inputs.get(row[0], [])
+            claimed.append(
+                ClaimedTask(
+                    id=row[0],
+                    run_id=row[1],
+                    name=row[2],
+                    args=row[3],
+                    dep_results=dep_results,
+                    fence=row[4],
+                    attempt=row[5],
+                    max_attempts=row[6],
+                    timeout=row[7],
+                    size=row[8],
+                    priority=row[10],
+                    needs=needs_by_id[row[0]],
+                )
+            )
+        return claimed
+
+    @staticmethod
+    def _next_level(c: Conn, queue: str, req: str, priority: int) -> tuple[str, int] | None:
+        """The (req_key, priority) level after this one in index order.
+
+        Two strict-range seeks rather than one row-value comparison, which
+        SQLite answers by scanning every row of the current level.
+        """
+        row = c.execute(
+            "SELECT priority FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = ? "
+            "AND priority > ? ORDER BY priority LIMIT 1",
+            (queue, req, priority),
+        ).fetchone()
+        if row is not None:
+            return req, row[0]
+        found = c.execute(
+            "SELECT req_key, priority FROM tasks WHERE queue = ? AND state = 'ready' "
+            "AND req_key > ? ORDER BY req_key, priority LIMIT 1",
+            (queue, req),
+        ).fetchone()
+        return (found[0], found[1]) if found is not None else None
+
+    def _late(self, tx: _Tx, task_id: int, run_id: int, by: float, what: str) -> None:
+        tx.c.execute("UPDATE tasks SET late = 1 WHERE id = ? AND late = 0", (task_id,))
+        self._event(tx, "deadline_missed", run_id, task_id, f"{what} {by:.3f}s after its deadline")
+
+    def _define_limit(self, tx: _Tx, task: NewTask) -> None:
+        burst = max(1.0, task.rate) if task.rate else 0.0
+        tx.c.execute(
+            "INSERT INTO limits (key, concurrency, rate, tokens, refilled_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+            "concurrency = excluded.concurrency, rate = excluded.rate",
+            (task.limit_key, task.concurrency, task.rate, burst, tx.now),
+        )
+
+    def _limit_allows(self, tx: _Tx, key: str, cache: dict[str, _LimitState | None]) -> bool:
+        if key not in cache:
+            row = tx.c.execute(
+                "SELECT concurrency, rate, tokens, refilled_at FROM limits "
+                f"WHERE key = ?{self.lock}",
+                (key,),
+            ).fetchone()
+            if row is None:
+                cache[key] = None
+            else:
+                concurrency, rate, tokens, refilled_at = row
+                running = tx.c.execute(
+                    "SELECT count(*) FROM tasks WHERE limit_key = ? AND state = 'running'", (key,)
+                ).fetchone()[0]
+                if rate:
+                    tokens = min(max(1.0, rate), tokens + (tx.now - refilled_at) * rate)
+                cache[key] = _LimitState(running, concurrency, rate, tokens)
+        state = cache[key]
+        if state is None:
+            return True
+        if state.concurrency is not None and state.running >= state.concurrency:
+            return False
+        if state.rate and state.tokens < 1.0:
+            return False
+        state.running += 1
+        if state.rate:
+            state.tokens -= 1.0
+            state.used = True
+        return True
+
+    def _save_limits(self, tx: _Tx, cache: dict[str, _LimitState | None]) -> None:
+        for key, state in cache.items():
+            if state is not None and state.used:
+                tx.c.execute(
+                    "UPDATE limits SET tokens = ?, refilled_at = ? WHERE key = ?",
+                    (state.tokens, tx.now, key),
+                )
+
+    def best_ready_priority(self, queue: str) -> int | None:
+        def scan(conn: Conn) -> int | None:
+            top: int | None = None
+            row = conn.execute(
+                "SELECT req_key FROM tasks WHERE queue = ? AND state = 'ready' "
+                "ORDER BY req_key LIMIT 1",
+                (queue,),
+            ).fetchone()
+            now = time.time()
+            while row is not None:
+                # Only eligible tasks: a delayed task or a retry waiting out its
+                # backoff cannot be claimed yet, so it is not more urgent work.
+                found = conn.execute(
+                    "SELECT priority FROM tasks WHERE queue = ? AND state = 'ready' "
+                    "AND req_key = ? AND ready_at <= ? ORDER BY priority DESC LIMIT 1",
+                    (queue, row[0], now),
+                ).fetchone()
+                high = found[0] if found is not None else None
+                if high is not None and (top is None or high > top):
+                    top = high
+                row = conn.execute(
+                    "SELECT req_key FROM tasks WHERE queue = ? AND state = 'ready' "
+                    "AND req_key > ? ORDER BY req_key LIMIT 1",
+                    (queue, row[0]),
+                ).fetchone()
+            return top
+
+        return self._snap(scan)
+
+    def ready_classes(self, queue: str | None = None) -> list[tuple[str, str, str | None, int]]:
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in self._read(
+                "SELECT queue, req_key, resources, count(*) FROM tasks WHERE state = 'ready' "
+                "AND (CAST(? AS TEXT) IS NULL OR queue = ?) GROUP BY queue, req_key, resources "
+                "ORDER BY queue, req_key",
+                (queue, queue),
+            )
+        ]
+
+    def _record_overdue(self, tx: _Tx) -> None:
+        """Record a deadline miss for open tasks past their deadline, once each."""
+        overdue = tx.c.execute(
+            "SELECT id, run_id, deadline_at, state FROM tasks WHERE late = 0 "
+            "AND deadline_at IS NOT NULL AND state IN ('pending', 'ready', 'running') "
+            f"AND deadline_at < ? ORDER BY deadline_at LIMIT ?{self.skip_locked}",
+            (tx.now, _EXPIRED_BATCH),
+        ).fetchall()
+        for task_id, run_id, deadline_at, state in overdue:
+            self._late(tx, task_id, run_id, tx.now - deadline_at, f"still {state}")
+
+    def _reclaim_expired(self, tx: _Tx) -> None:
+        c = tx.c
+        self._record_overdue(tx)
+        # A lost lease is the node's fault, not the task's: it does not use up
+        # the task's retries. It is still bounded (MAX_LEASE_LOSSES), so that a
+        # task that kills or hangs every node that runs it ends up failed.
+        expired = c.execute(
+            "SELECT t.id, t.run_id, t.losses, n.name FROM tasks t "
+            "LEFT JOIN nodes n ON n.id = t.node_id "
+            f"WHERE t.state = 'running' AND t.lease_expires_at < ? LIMIT ?{self.skip_locked_t}",
+            (tx.now, _EXPIRED_BATCH),
+        ).fetchall()
+        failed = False
+        for task_id, run_id, losses, node in expired:
+            losses += 1
+            why = f"lease expired on node {node} (the node died or hung; loss {losses})"
+            self._event(tx, "lease_expired", run_id, task_id, why)
+            if losses >= MAX_LEASE_LOSSES:
+                self._fail(
+                    tx,
+                    task_id,
+                    run_id,
+                    f"lost its lease {losses} times: every node that ran it died or hung",
+                    "LeaseExpired",
+                    None,
+                )
+                failed = True
+            else:
+                c.execute(
+                    "UPDATE tasks SET state = 'ready', node_id = NULL, lease_expires_at = NULL, "
+                    "attempts = attempts - 1, losses = ?, error = ?, "
+                    "error_type = 'LeaseExpired' WHERE id = ?",
+                    (losses, why, task_id),
+                )
+        if failed:
+            # The failed task may have been its run's last open one: end the run
+            # now, or it would stay 'running' until something else touched it.
+            self._finish_runs(tx)
+
+    def heartbeat(
+        self, node_id: int, lease_ttl: float, running: int, speed: float | None = None
+    ) -> dict[int, int]:
+        def body(tx: _Tx) -> dict[int, int]:
+            tx.c.execute(
+                "UPDATE tasks SET lease_expires_at = ? WHERE node_id = ? AND state = 'running'",
+                (tx.now + lease_ttl, node_id),
+            )
+            tx.c.execute(
+                "UPDATE nodes SET heartbeat_at = ?, running = ?, state = 'running', "
+                "speed = coalesce(?, speed) WHERE id = ?",
+                (tx.now, running, speed, node_id),
+            )
+            return dict(
+                tx.c.execute(
+                    "SELECT id, fence FROM tasks WHERE node_id = ? AND state = 'running'",
+                    (node_id,),
+                ).fetchall()
+            )
+
+        return self._write(body)
+
+    def release(self, node_id: int, held: list[tuple[int, int]]) -> int:
+        if not held:
+            return 0
+
+        def body(tx: _Tx) -> int:
+            released = 0
+            for task_id, fence in held:
+                row = tx.c.execute(
+                    "UPDATE tasks SET state = 'ready', node_id = NULL, lease_expires_at = NULL, "
+                    "attempts = attempts - 1, started_at = NULL "
+                    "WHERE id = ? AND fence = ? AND state = 'running' AND node_id = ? "
+                    "RETURNING run_id",
+                    (task_id, fence, node_id),
+                ).fetchone()
+                if row is not None:
+                    released += 1
+                    self._event(tx, "released", row[0], task_id, f"handed back by node {node_id}")
+            return released
+
+        return self._write(body)
+
+    def register_node(
+        self,
+        *,
+        name: str,
+        host: str,
+        pid: int,
+        queue: str,
+        slots: int,
+        mode: str,
+        capabilities: list[str],
+        resources: dict[str, float] | None = None,
+        speed: float = 1.0,
+    ) -> int:
+        def body(tx: _Tx) -> int:
+            node_id: int = tx.c.execute(
+                "INSERT INTO nodes (name, host, pid, queue, slots, mode, capabilities, "
+                "resources, speed, started_at, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    name,
+                    host,
+                    pid,
+                    queue,
+                    slots,
+                    mode,
+                    json.dumps(capabilities),
+                    json.dumps(resources or {}),
+                    speed,
+                    tx.now,
+                    tx.now,
+                ),
+            ).fetchone()[0]
+            self._event(tx, "node_started", None, None, f"{name} ({slots} {mode} slots)", node_id)
+            return node_id
+
+        return self._write(body)
+
+    def stop_node(self, node_id: int) -> None:
+        def body(tx: _Tx) -> None:
+            tx.c.execute(
+                "UPDATE nodes SET state = 'stopped', stopped_at = ?, running = 0 WHERE id = ?",
+                (tx.now, node_id),
+            )
+            self._event(tx, "node_stopped", None, None, None, node_id)
+
+        return self._write(body)
+
+    # -- control ----------------------------------------------------------
+    def _cancel_one(self, tx: _Tx, task_id: int, reason: str) -> bool:
+        row = tx.c.execute(
+            "UPDATE tasks SET state = 'cancelled', finished_at = ?, error = ?, "
+            f"lease_expires_at = NULL WHERE id = ? AND state IN {_OPEN_STATES} RETURNING run_id",
+            (tx.now, reason, task_id),
+        ).fetchone()
+        if row is None:
+            return False
+        tx.touched.add(row[0])
+        self._settle(tx, task_id, "cancelled")
+        return True
+
+    def cancel_tasks(self, task_ids: list[int], reason: str) -> int:
+        def body(tx: _Tx) -> int:
+            for task_id in task_ids:
+                if tx.c.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+                    raise NotFoundError(f"task {task_id} does not exist", task_id=task_id)
+            count = 0
+            for task_id in task_ids:
+                # Record only what was cancelled here, under its run (so that
+                # events(run_id) shows it); an ended task is left as it is.
+                if self._cancel_one(tx, task_id, reason):
+                    count += 1
+                    (run_id,) = tx.c.execute(
+                        "SELECT run_id FROM tasks WHERE id = ?", (task_id,)
+                    ).fetchone()
+                    self._event(tx, "cancelled", run_id, task_id, reason)
+            self._finish_runs(tx)
+            return count
+
+        return self._write(body)
+
+    def cancel_run(self, run_id: int, reason: str) -> int:
+        def body(tx: _Tx) -> int:
+            if tx.c.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise NotFoundError(f"run {run_id} does not exist", run_id=run_id)
+            open_ids = [
+                row[0]
+                for row in tx.c.execute(
+                    f"SELECT id FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES} "
+                    "ORDER BY id",
+                    (run_id,),
+                )
+            ]
+            count = sum(self._cancel_one(tx, task_id, reason) for task_id in open_ids)
+            self._event(tx, "run_cancel", run_id, None, reason)
+            self._finish_runs(tx)
+            return count
+
+        return self._write(body)
+
+    def _event(
+        self,
+        tx: _Tx,
+        kind: str,
+        run_id: int | None,
+        task_id: int | None,
+        detail: str | None,
+        node_id: int | None = None,
+    ) -> None:
+        tx.c.execute(
+            "INSERT INTO events (at, run_id, task_id, node_id, kind, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (tx.now, run_id, task_id, node_id, kind, detail),
+        )
+
+    # -- reads ------------------------------------------------------------
+    def results(self, task_ids: list[int]) -> list[TaskResult]:
+        where, param = self._ids_in("id", task_ids)
+        rows = self._read(
+            f"SELECT id, state, result, error, error_type, traceback FROM tasks WHERE {where}",
+            (param,),
+        )
+        return [TaskResult(r[0], TaskState(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def task(self, task_id: int) -> TaskInfo:
+        rows = self._read(_TASK_INFO_SQL + " WHERE t.id = ?", (task_id,))
+        if not rows:
+            raise NotFoundError(f"task {task_id} does not exist", task_id=task_id)
+        return _task_info(rows[0])
+
+    def tasks(self, run_id: int) -> list[TaskInfo]:
+        self.run(run_id)
+        rows = self._read(_TASK_INFO_SQL + " WHERE t.run_id = ? ORDER BY t.id", (run_id,))
+        return [_task_info(r) for r in rows]
+
+    def run(self, run_id: int) -> RunInfo:
+        rows = self._read(
+            "SELECT id, app, name, state, root_task_id, created_at, finished_at, error "
+            "FROM runs WHERE id = ?",
+            (run_id,),
+        )
+        if not rows:
+            raise NotFoundError(f"run {run_id} does not exist", run_id=run_id)
+        return self._run_info(rows[0])
+
+    def run_state(self, run_id: int) -> str:
+        rows = self._read("SELECT state FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise NotFoundError(f"run {run_id} does not exist", run_id=run_id)
+        return str(rows[0][0])
+
+    def _run_info(self, row: Any) -> RunInfo:
+        counts = dict(
+            self._read(
+                "SELECT state, count(*) FROM tasks WHERE run_id = ? GROUP BY state", (row[0],)
+            )
+        )
+        return RunInfo(
+            id=row[0],
+            app=row[1],
+            name=row[2],
+            state=row[3],
+            root_task_id=row[4],
+            created_at=row[5],
+            finished_at=row[6],
+            error=row[7],
+            counts=counts,
+        )
+
+    def runs(self, limit: int = 20) -> list[RunInfo]:
+        rows = self._read(
+            "SELECT id, app, name, state, root_task_id, created_at, finished_at, error "
+            "FROM runs ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [self._run_info(r) for r in rows]
+
+    def nodes(self, include_stopped: bool = False) -> list[NodeInfo]:
+        rows = self._read(
+            "SELECT id, name, host, pid, queue, slots, mode, capabilities, state, started_at, "
+            "heartbeat_at, stopped_at, running, completed, resources, speed FROM nodes "
+            "WHERE state != 'stopped' OR ? ORDER BY id",
+            (include_stopped,),
+        )
+        return [
+            NodeInfo(
+                id=r[0],
+                name=r[1],
+                host=r[2],
+                pid=r[3],
+                queue=r[4],
+                slots=r[5],
+                mode=r[6],
+                capabilities=json.loads(r[7] or "[]"),
+                resources=json.loads(r[14] or "{}"),
+                speed=r[15],
+                state=r[8],
+                started_at=r[9],
+                heartbeat_at=r[10],
+                stopped_at=r[11],
+                running=r[12],
+                completed=r[13],
+            )
+            for r in rows
+        ]
+
+    def events(self, run_id: int | None = None, limit: int = 100) -> list[Event]:
+        rows = self._read(
+            "SELECT id, at, run_id, task_id, node_id, kind, detail FROM events "
+            "WHERE CAST(? AS BIGINT) IS NULL OR run_id = ? ORDER BY id DESC LIMIT ?",
+            (run_id, run_id, limit),
+        )
+        return [Event(*r) for r in reversed(rows)]
+
+
+def _task_info(r: Any) -> TaskInfo:
+    return TaskInfo(
+        id=r[0],
+        run_id=r[1],
+        parent_id=r[2],
+        name=r[3],
+        queue=r[4],
+        state=TaskState(r[5]),
+        priority=r[6],
+        attempts=r[7],
+        max_attempts=r[8],
+        fence=r[9],
+        node_id=r[10],
+        node_name=r[11],
+        created_at=r[12],
+        started_at=r[13],
+        finished_at=r[14],
+        ready_at=r[15],
+        deadline_at=r[16],
+        requires=json.loads(r[17]) if r[17] else [],
+        resources=json.loads(r[18]) if r[18] else None,
+        error=r[19],
+        error_type=r[20],
+        traceback=r[21],
+        forward_to=r[22],
+        losses=r[23],
+    )
