@@ -7,7 +7,55 @@ from pathlib import Path
 import pytest
 
 import accord
+import pgserver
 from support import bind, subprocess_env, table_counts
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``sqlite_only`` run on the SQLite backend alone."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        if backend == "postgresql" and item.get_closest_marker("sqlite_only"):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgserver.PgServer]:
+    """One throwaway PostgreSQL server for the whole session, started from the
+    system's binaries (as the ``postgres`` user when the tests run as root)."""
+    if pgserver.find_bin_dir() is None:
+        reason = "PostgreSQL server binaries not found (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = pgserver.PgServer()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend of this test: every store test runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture
+def pg_url(pg_server: pgserver.PgServer) -> str:
+    """A fresh, empty PostgreSQL store for this test."""
+    return pg_server.fresh_url()
 
 
 @pytest.fixture(autouse=True)
@@ -19,8 +67,16 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    """A fresh SQLite store file for this test."""
+def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh store for this test: an SQLite file, or a PostgreSQL schema."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'accord.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite store file, for tests of what only SQLite has."""
     return f"sqlite:///{tmp_path / 'accord.db'}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import accord
 
@@ -29,8 +30,39 @@ def subprocess_env(store_url: str) -> dict[str, str]:
     return env
 
 
+def sql(store_url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement (``?`` placeholders) directly on the store's
+    database, behind accord's back, on either backend; commit it."""
+    if not store_url.startswith("sqlite:"):
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            cur = pg.execute(statement.replace("?", "%s"), params)
+            return cur.fetchall() if cur.description else []
+    conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+    try:
+        with conn:
+            return conn.execute(statement, params).fetchall()
+    finally:
+        conn.close()
+
+
 def table_counts(store_url: str) -> dict[str, int]:
-    """Row count of every table of the store file (empty if there is no file)."""
+    """Row count of every table of the store (empty if it does not exist yet)."""
+    if not store_url.startswith("sqlite:"):
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            tables = [
+                row[0]
+                for row in pg.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                )
+            ]
+            return {
+                t: int(pg.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
+                for t in tables
+            }
     path = store_url.removeprefix("sqlite:///")
     if not os.path.exists(path):
         return {}

@@ -251,7 +251,10 @@ def worker(accord_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Po
 def _wait_for_node(store_url: str, name: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if Path(store_url.removeprefix("sqlite:///")).exists():
+        if (
+            not store_url.startswith("sqlite:")
+            or Path(store_url.removeprefix("sqlite:///")).exists()
+        ):
             with open_store(store_url) as store:
                 if any(n.name == name for n in store.nodes()):
                     return

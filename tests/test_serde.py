@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import sqlite3
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import accord
 from accord import TaskState, serde
 from apps import flows as f
+from support import sql
 
 
 @pytest.mark.parametrize(
@@ -175,11 +175,7 @@ def test_numpy_arguments_and_results_through_a_node(flows: accord.App, mode: str
 
 
 def _n_deps(store_url: str, task_id: int) -> int:
-    conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
-    try:
-        return int(conn.execute("SELECT n_deps FROM tasks WHERE id = ?", (task_id,)).fetchone()[0])
-    finally:
-        conn.close()
+    return int(sql(store_url, "SELECT n_deps FROM tasks WHERE id = ?", (task_id,))[0][0])
 
 
 def test_handles_nested_in_arguments_are_dependencies(flows: accord.App, store_url: str) -> None:

@@ -1,4 +1,4 @@
-"""The SQLite store: schema, reopening, integrity, events, listings, fencing."""
+"""The store on both backends: schema, reopening, integrity, events, listings, fencing."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import pytest
 
 import accord
 from accord import serde
-from accord.store import open_store
+from accord.store import open_store, postgres, sqlite
 from accord.store.base import Completion, NewRun, NewTask, Outcome, TaskState
-from accord.store.sql import MAX_LEASE_LOSSES
-from accord.store.sqlite import SCHEMA_VERSION, SqliteStore
+from accord.store.sql import MAX_LEASE_LOSSES, SqlStore
+from accord.store.sqlite import SqliteStore
 from apps import flows as f
 
 Counts = Callable[[], dict[str, int]]
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[SqliteStore]:
+def store(store_url: str) -> Iterator[SqlStore]:
     opened = open_store(store_url)
-    assert isinstance(opened, SqliteStore)
+    assert isinstance(opened, SqlStore)
     yield opened
     opened.close()
 
@@ -32,7 +32,7 @@ def _task(name: str = "square", *args: object, **fields: object) -> NewTask:
     return NewTask(name=name, queue="flows", args=data, **fields)  # type: ignore[arg-type]
 
 
-def _node(store: SqliteStore, name: str) -> int:
+def _node(store: SqlStore, name: str) -> int:
     return store.register_node(
         name=name, host="test", pid=1, queue="flows", slots=1, mode="thread", capabilities=[]
     )
@@ -42,7 +42,10 @@ def _ok(task_id: int, fence: int, value: object) -> Completion:
     return Completion(task_id, fence, Outcome.OK, result=serde.dumps(value))
 
 
-def test_schema_version_and_pragmas(store: SqliteStore) -> None:
+@pytest.mark.sqlite_only
+def test_schema_version_and_pragmas(store: SqlStore) -> None:
+    assert isinstance(store, SqliteStore)
+    SCHEMA_VERSION = sqlite.SCHEMA_VERSION
     assert store.schema_version() == SCHEMA_VERSION >= 1
     conn = sqlite3.connect(store.path)
     try:
@@ -58,6 +61,24 @@ def test_schema_version_and_pragmas(store: SqliteStore) -> None:
     assert store.integrity_check() == "ok"
 
 
+def test_postgresql_schema(pg_url: str) -> None:
+    import psycopg
+
+    with open_store(pg_url) as store:
+        assert store.schema_version() == postgres.SCHEMA_VERSION >= 1  # type: ignore[attr-defined]
+    with psycopg.connect(pg_url) as conn:
+        rows = dict(conn.execute("SELECT key, value FROM accord_meta").fetchall())
+        assert rows["schema_version"] == str(postgres.SCHEMA_VERSION)
+        tables = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        }
+        assert {"runs", "tasks", "deps", "nodes", "events", "accord_meta"} <= tables
+        assert conn.execute("SHOW fsync").fetchone() == ("on",)
+
+
 def test_reopening_keeps_everything(store_url: str, flows: accord.App) -> None:
     handle = f.square.submit(9)
     run = flows.start(f.dag, 4, 2)
@@ -68,12 +89,15 @@ def test_reopening_keeps_everything(store_url: str, flows: accord.App) -> None:
     flows.close()
     for _ in range(2):  # and reopening a reopened store
         with open_store(store_url) as again:
-            assert again.schema_version() == SCHEMA_VERSION
+            assert isinstance(again, SqlStore)
+            backend = sqlite if isinstance(again, SqliteStore) else postgres
+            assert again.schema_version() == backend.SCHEMA_VERSION
             assert again.task(handle.id).state is TaskState.SUCCEEDED
             assert serde.loads(again.results([handle.id])[0].result) == 81
             assert again.run(run.id).state == "succeeded"
             assert [r.id for r in again.runs()] == [run.id, single_run]
-            assert again.integrity_check() == "ok"
+            if isinstance(again, SqliteStore):
+                assert again.integrity_check() == "ok"
     app = accord.App("flows", store=store_url)
     try:
         assert app.handle(handle.id).result(timeout=1) == 81
@@ -88,12 +112,18 @@ def test_two_store_objects_on_one_file_see_each_other(store_url: str) -> None:
         two.changed()  # the first call only records the version
         assert two.task(ids[0]).state is TaskState.READY
         one.cancel_tasks(ids, "bye")
-        assert two.changed() is True
+        # PostgreSQL's notification arrives a moment after the commit.
+        deadline = time.monotonic() + 5
+        while not two.changed():
+            assert time.monotonic() < deadline, "the other store object never saw the change"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        two.changed()
         assert two.changed() is False  # nothing new since
         assert two.task(ids[0]).state is TaskState.CANCELLED
 
 
-def test_submit_is_one_transaction(store: SqliteStore, row_counts: Counts) -> None:
+def test_submit_is_one_transaction(store: SqlStore, row_counts: Counts) -> None:
     before = row_counts()
     bad = _task("add_all", 1)
     bad.deps = [424242]
@@ -102,7 +132,7 @@ def test_submit_is_one_transaction(store: SqliteStore, row_counts: Counts) -> No
     assert row_counts() == before
 
 
-def test_dependencies_in_one_batch(store: SqliteStore) -> None:
+def test_dependencies_in_one_batch(store: SqlStore) -> None:
     first = _task("square", 3)
     second = _task("add_all")
     second.deps = [-1]
@@ -112,7 +142,7 @@ def test_dependencies_in_one_batch(store: SqliteStore) -> None:
     assert store.run(run_id).counts == {"ready": 1, "pending": 1}
 
 
-def test_exchange_claims_completes_and_settles(store: SqliteStore) -> None:
+def test_exchange_claims_completes_and_settles(store: SqlStore) -> None:
     first = _task("square", 3)
     second = _task("add_all")
     second.deps = [-1]
@@ -139,7 +169,7 @@ def test_exchange_claims_completes_and_settles(store: SqliteStore) -> None:
     assert [n.completed for n in store.nodes()] == [2]
 
 
-def test_stale_fence_is_refused_and_changes_nothing(store: SqliteStore) -> None:
+def test_stale_fence_is_refused_and_changes_nothing(store: SqlStore) -> None:
     run_id, (task_id,) = store.submit(
         [_task("square", 4, max_attempts=3)], run=NewRun(app="flows", name="x")
     )
@@ -185,7 +215,7 @@ def test_stale_fence_is_refused_and_changes_nothing(store: SqliteStore) -> None:
     assert "lease expired on node old" in (expired[0].detail or "")
 
 
-def test_lease_lost_again_and_again_fails_the_task(store: SqliteStore) -> None:
+def test_lease_lost_again_and_again_fails_the_task(store: SqlStore) -> None:
     """A lost lease is the node's fault and does not use up the task's retries,
     but a task that every node loses (it kills or hangs them) ends up failed."""
     run_id, (task_id,) = store.submit([_task("square", 4)], run=NewRun(app="flows", name="x"))
@@ -210,7 +240,7 @@ def test_lease_lost_again_and_again_fails_the_task(store: SqliteStore) -> None:
     assert store.run(run_id).state == "failed"
 
 
-def test_child_submission_is_not_repeated(store: SqliteStore) -> None:
+def test_child_submission_is_not_repeated(store: SqlStore) -> None:
     run_id, (parent,) = store.submit(
         [_task("parent_fails_once", max_attempts=2)], run=NewRun(app="flows", name="x")
     )
@@ -227,7 +257,7 @@ def test_child_submission_is_not_repeated(store: SqliteStore) -> None:
     assert len(children) == 4
 
 
-def test_release_hands_a_task_back_without_counting_the_attempt(store: SqliteStore) -> None:
+def test_release_hands_a_task_back_without_counting_the_attempt(store: SqlStore) -> None:
     _, (task_id,) = store.submit([_task("square", 4)], run=NewRun(app="flows", name="x"))
     node = _node(store, "n")
     _, (claimed,) = store.exchange(node, [], queue="flows", claim=1, lease_ttl=30)
@@ -258,7 +288,7 @@ def test_events_for_failures_and_retries(flows: accord.App) -> None:
     assert flows.store.events(limit=2) == every[-2:]
 
 
-def test_runs_listing_and_counts(store: SqliteStore) -> None:
+def test_runs_listing_and_counts(store: SqlStore) -> None:
     ids = []
     for n in range(3):
         run_id, _ = store.submit(
@@ -275,7 +305,7 @@ def test_runs_listing_and_counts(store: SqliteStore) -> None:
     assert store.run(ids[0]).state == "cancelled"
 
 
-def test_nodes_listing(store: SqliteStore) -> None:
+def test_nodes_listing(store: SqlStore) -> None:
     one = _node(store, "one")
     two = _node(store, "two")
     assert [n.name for n in store.nodes()] == ["one", "two"]

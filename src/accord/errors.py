@@ -16,6 +16,7 @@ caller will *do*::
     |   +-- FencedError            this attempt lost its lease; stop side effects
     |   +-- LeaseExpiredError      a state lease expired or was revoked; its keys are gone
     +-- StoreError             the store failed; maybe retry
+    |   +-- StoreUnavailableError  the server cannot be reached; retry later
     |   +-- StorageFullError       the disk is full; free space
     |   +-- CorruptedError         stored data failed its checksum
     +-- TaskError              a task did not produce a value
@@ -131,6 +132,16 @@ class StoreError(AccordError):
 
     code = "store_error"
     status_code = 503
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached (server down, network cut).
+
+    ``outcome_unknown`` is true when the connection failed while a commit was
+    in flight: the change may or may not have been recorded.
+    """
+
+    code = "store_unavailable"
 
 
 class StorageFullError(StoreError):

@@ -208,8 +208,6 @@ class Task(Generic[P, R]):
                 raise ConfigError(
                     f"the deadline of {self.name}() ({opts.deadline.isoformat()}) is in the past"
                 )
-        elif opts.deadline is not None:
-            deadline_at = now + opts.deadline
         limit_key = opts.limit_key
         if limit_key is None and (opts.concurrency is not None or opts.rate is not None):
             limit_key = f"task:{self.name}"
@@ -226,8 +224,9 @@ class Task(Generic[P, R]):
             timeout=opts.timeout,
             requires=list(opts.requires) or None,
             resources=dict(opts.resources) if opts.resources else None,
-            ready_at=now + opts.delay if opts.delay else 0.0,
+            delay=opts.delay or 0.0,
             deadline_at=deadline_at,
+            deadline_in=None if isinstance(opts.deadline, datetime.datetime) else opts.deadline,
             limit_key=limit_key,
             concurrency=opts.concurrency,
             rate=opts.rate,

@@ -84,6 +84,7 @@ def test_checker_reports_a_doctored_history() -> None:
     assert figures["reclaim_gap_max_s"] == 10.0  # task 8: kill at 10, next start at 20
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.timeout(60)
 def test_checker_reports_a_doctored_store(
     tmp_path: Path, app: accord.App, monkeypatch: pytest.MonkeyPatch

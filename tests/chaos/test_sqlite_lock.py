@@ -81,6 +81,7 @@ class Client:
         self._thread.join(60)
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.timeout(90)
 def test_q6_writer_killed_holding_the_lock(tmp_path: Path, app: accord.App) -> None:
     """Q6: a process SIGKILLed inside ``BEGIN IMMEDIATE`` (with uncommitted

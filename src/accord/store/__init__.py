@@ -4,6 +4,8 @@
 
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: the
   embedded store, one file shared by every process on one machine.
+- ``postgresql://user:password@host:port/database``: the shared store for
+  nodes on many machines (needs ``pip install 'accord[postgres]'``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def open_store(url: str | None = None) -> Store:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise StoreURLError(
-            f"store URL {url!r} has no scheme; use sqlite:///path/to/file.db", url=url
+            f"store URL {url!r} has no scheme; use sqlite:///path/to/file.db or postgresql://host/db",
+            url=url,
         )
     if scheme == "sqlite":
         if not rest.startswith("/") or rest == "/":
@@ -55,12 +58,17 @@ def open_store(url: str | None = None) -> Store:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         return SqliteStore(path)
     if scheme in ("postgresql", "postgres"):
-        raise StoreURLError(
-            f"store URL {url!r}: the PostgreSQL backend is not available in this version; "
-            "use sqlite:///path/to/file.db",
-            url=url,
-        )
+        try:
+            from accord.store.postgres import PgStore
+        except ImportError as exc:
+            raise StoreURLError(
+                f"the PostgreSQL store needs psycopg ({exc}); install it with "
+                "pip install 'accord[postgres]'",
+                url=url,
+            ) from None
+        return PgStore(url)
     raise StoreURLError(
-        f"store URL {url!r} has unknown scheme {scheme!r}; use sqlite:///path/to/file.db",
+        f"store URL {url!r} has unknown scheme {scheme!r}; use sqlite:///path/to/file.db "
+        "or postgresql://user:password@host:port/database",
         url=url,
     )

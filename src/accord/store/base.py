@@ -53,6 +53,10 @@ class NewTask:
     resources: dict[str, float] | None = None
     ready_at: float = 0.0  # eligible from (0: at once)
     deadline_at: float | None = None
+    # Relative times, counted by the store's clock from the commit (on
+    # PostgreSQL the server's clock, so a node's wrong clock does not shift them).
+    delay: float = 0.0
+    deadline_in: float | None = None
     limit_key: str | None = None
     concurrency: int | None = None
     rate: float | None = None

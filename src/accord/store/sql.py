@@ -298,11 +298,11 @@ class SqlStore(Store):
                     task.timeout,
                     json.dumps(task.requires) if task.requires else None,
                     json.dumps(task.resources) if task.resources else None,
-                    max(task.ready_at, tx.now),
+                    max(task.ready_at, tx.now + task.delay),
                     tx.now,
                     blocked,
                     tx.now if blocked else None,
-                    task.deadline_at,
+                    task.deadline_at if task.deadline_in is None else tx.now + task.deadline_in,
                     req_key(task.requires),
                     task.limit_key,
                 ),
@@ -330,7 +330,7 @@ class SqlStore(Store):
         policy: Policy | None = None,
     ) -> tuple[list[bool], list[ClaimedTask]]:
         def body(tx: _Tx) -> tuple[list[bool], list[ClaimedTask]]:
-            accepted = [self._complete(tx, done) for done in completions]
+            accepted = self._complete_all(tx, completions)
             if completions:
                 tx.c.execute(
                     "UPDATE nodes SET completed = completed + ? WHERE id = ?",
@@ -344,6 +344,17 @@ class SqlStore(Store):
 
         return self._write(body)
 
+    def _complete_all(self, tx: _Tx, completions: list[Completion]) -> list[bool]:
+        """Record finished attempts; each is refused if its fence is stale."""
+        return [self._complete(tx, done) for done in completions]
+
+    def _succeeded(
+        self, tx: _Tx, task_id: int, run_id: int, deadline_at: float | None, late: int
+    ) -> None:
+        tx.touched.add(run_id)
+        if deadline_at is not None and deadline_at < tx.now and not late:
+            self._late(tx, task_id, run_id, tx.now - deadline_at, "finished")
+
     def _complete(self, tx: _Tx, done: Completion) -> bool:
         c = tx.c
         if done.outcome is Outcome.OK:
@@ -355,10 +366,8 @@ class SqlStore(Store):
             ).fetchone()
             if row is None:
                 return False
-            tx.touched.add(row[0])
-            if row[1] is not None and row[1] < tx.now and not row[2]:
-                self._late(tx, done.task_id, row[0], tx.now - row[1], "finished")
-            self._settle(tx, done.task_id, "succeeded")
+            self._succeeded(tx, done.task_id, *row)
+            self._settle(tx, [(done.task_id, "succeeded")])
             return True
         row = c.execute(
             "SELECT run_id, attempts, max_attempts, backoff, max_backoff FROM tasks "
@@ -402,7 +411,7 @@ class SqlStore(Store):
         )
         tx.touched.add(run_id)
         self._event(tx, "failed", run_id, task_id, error)
-        self._settle(tx, task_id, "failed")
+        self._settle(tx, [(task_id, "failed")])
 
     def _forward(self, tx: _Tx, task_id: int, target: int) -> None:
         c = tx.c
@@ -416,7 +425,7 @@ class SqlStore(Store):
                 "UPDATE tasks SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
                 (tx.now, f"returned a handle to task {target}, which does not exist", task_id),
             )
-            self._settle(tx, task_id, "failed")
+            self._settle(tx, [(task_id, "failed")])
             return
         state = row[0]
         if state in ("succeeded", "failed", "cancelled"):
@@ -426,7 +435,7 @@ class SqlStore(Store):
                 "WHERE id = ?",
                 (state, row[1], row[2], row[3], row[4], tx.now, target, task_id),
             )
-            self._settle(tx, task_id, state)
+            self._settle(tx, [(task_id, state)])
             return
         c.execute(
             "INSERT INTO deps (task_id, pos, dep_id) VALUES (?, -1, ?) "
@@ -439,40 +448,47 @@ class SqlStore(Store):
             (target, task_id),
         )
 
-    def _settle(self, tx: _Tx, task_id: int, state: str) -> None:
-        """Propagate a task's end to the tasks that wait on it."""
+    def _settle(self, tx: _Tx, ended: list[tuple[int, str]]) -> None:
+        """Propagate tasks' ends to the tasks that wait on them, a generation
+        at a time: one query finds every waiting task of a generation."""
         c = tx.c
-        work = [(task_id, state)]
-        while work:
-            done_id, done_state = work.pop()
-            dependents = c.execute(
-                "SELECT t.id, t.run_id, t.deps_remaining, t.forward_to FROM deps d "
-                f"JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = ? AND t.state = 'pending'"
-                f"{self.lock_t}",
-                (done_id,),
+        while ended:
+            states = dict(ended)
+            ended = []
+            where, param = self._ids_in("d.dep_id", list(states))
+            rows = c.execute(
+                "SELECT d.dep_id, t.id, t.run_id, t.deps_remaining, t.forward_to FROM deps d "
+                f"JOIN tasks t ON t.id = d.task_id WHERE {where} AND t.state = 'pending' "
+                f"ORDER BY t.id, d.pos{self.lock_t}",
+                (param,),
             ).fetchall()
-            for dep_id, run_id, remaining, forward_to in dependents:
+            left: dict[int, int] = {}  # waiting tasks' new counts of unfinished dependencies
+            moved: set[int] = set()  # tasks no longer pending
+            for done_id, dep_id, run_id, remaining, forward_to in rows:
+                if dep_id in moved:
+                    continue
                 tx.touched.add(run_id)
-                if done_state == "succeeded":
-                    if remaining > 1:
-                        c.execute(
-                            "UPDATE tasks SET deps_remaining = ? WHERE id = ?",
-                            (remaining - 1, dep_id),
-                        )
-                    elif forward_to == done_id:
-                        c.execute(
-                            "UPDATE tasks SET state = 'succeeded', deps_remaining = 0, "
-                            "finished_at = ?, result = (SELECT result FROM tasks WHERE id = ?) "
-                            "WHERE id = ?",
-                            (tx.now, done_id, dep_id),
-                        )
-                        work.append((dep_id, "succeeded"))
-                    else:
-                        c.execute(
-                            "UPDATE tasks SET state = 'ready', deps_remaining = 0, "
-                            f"ready_at = {self.greatest}(ready_at, ?) WHERE id = ?",
-                            (tx.now, dep_id),
-                        )
+                done_state = states[done_id]
+                remaining = left.get(dep_id, remaining)
+                if done_state == "succeeded" and remaining > 1:
+                    left[dep_id] = remaining - 1
+                    continue
+                left.pop(dep_id, None)
+                moved.add(dep_id)
+                if done_state == "succeeded" and forward_to == done_id:
+                    c.execute(
+                        "UPDATE tasks SET state = 'succeeded', deps_remaining = 0, "
+                        "finished_at = ?, result = (SELECT result FROM tasks WHERE id = ?) "
+                        "WHERE id = ?",
+                        (tx.now, done_id, dep_id),
+                    )
+                    ended.append((dep_id, "succeeded"))
+                elif done_state == "succeeded":
+                    c.execute(
+                        "UPDATE tasks SET state = 'ready', deps_remaining = 0, "
+                        f"ready_at = {self.greatest}(ready_at, ?) WHERE id = ?",
+                        (tx.now, dep_id),
+                    )
                 elif forward_to == done_id:
                     c.execute(
                         "UPDATE tasks SET (state, error, error_type, traceback) = "
@@ -480,7 +496,7 @@ class SqlStore(Store):
                         "finished_at = ? WHERE id = ?",
                         (done_id, tx.now, dep_id),
                     )
-                    work.append((dep_id, done_state))
+                    ended.append((dep_id, done_state))
                 else:
                     name = c.execute("SELECT name FROM tasks WHERE id = ?", (done_id,)).fetchone()
                     c.execute(
@@ -488,7 +504,12 @@ class SqlStore(Store):
                         "WHERE id = ?",
                         (tx.now, f"dependency task {done_id} ({name[0]}) {done_state}", dep_id),
                     )
-                    work.append((dep_id, "cancelled"))
+                    ended.append((dep_id, "cancelled"))
+            if left:
+                c.executemany(
+                    "UPDATE tasks SET deps_remaining = ? WHERE id = ?",
+                    [(count, dep_id) for dep_id, count in left.items()],
+                )
 
     def _finish_runs(self, tx: _Tx) -> None:
         """Close the runs touched by this transaction that have no open task left."""
@@ -589,8 +610,7 @@ class SqlStore(Store):
                 candidates += c.execute(
                     "SELECT id, priority, weight, size, ready_at, deadline_at, resources, "
                     "limit_key FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = ? "
-                    "AND priority = ? AND ready_at <= ? ORDER BY ready_at LIMIT ?"
-                    f"{self.skip_locked}",
+                    "AND priority = ? AND ready_at <= ? ORDER BY ready_at LIMIT ?",
                     (queue, level_req, level_priority, now, per_level),
                 ).fetchall()
             level = self._next_level(c, queue, level_req, level_priority)
@@ -600,7 +620,7 @@ class SqlStore(Store):
         for r in c.execute(
             "SELECT id, priority, weight, size, ready_at, deadline_at, resources, limit_key, "
             "req_key FROM tasks WHERE queue = ? AND state = 'ready' AND deadline_at IS NOT NULL "
-            f"AND ready_at <= ? ORDER BY deadline_at LIMIT ?{self.skip_locked}",
+            "AND ready_at <= ? ORDER BY deadline_at LIMIT ?",
             (queue, now, per_level),
         ):
             if r[0] not in seen and node.can_meet(r[8]):
@@ -616,7 +636,7 @@ class SqlStore(Store):
         picked: list[int] = []
         needs_by_id: dict[int, dict[str, float]] = {}
         limits: dict[str, _LimitState | None] = {}
-        for r in candidates:
+        for r in self._lockable(c, candidates, limit):
             if len(picked) >= limit:
                 break
             needs = needs_of(json.loads(r[6]) if r[6] else None)
@@ -677,6 +697,33 @@ class SqlStore(Store):
                 )
             )
         return claimed
+
+    def _lockable(self, c: Conn, ranked: list[Any], limit: int) -> Iterator[Any]:
+        """The ranked candidates that this transaction could lock, in order.
+
+        Candidates are read without locks; only those about to be claimed are
+        locked, a few at a time, skipping rows another claimer holds. Locking
+        every candidate would hide a level's best tasks from the other claimers
+        until this commit, and they would take worse ones meanwhile.
+        """
+        if not self.skip_locked:  # the writer holds the whole database
+            yield from ranked
+            return
+        start = 0
+        while start < len(ranked):
+            batch = ranked[start : start + limit]
+            start += len(batch)
+            where, param = self._ids_in("id", [r[0] for r in batch])
+            locked = {
+                row[0]
+                for row in c.execute(
+                    f"SELECT id FROM tasks WHERE {where} AND state = 'ready'{self.skip_locked}",
+                    (param,),
+                )
+            }
+            for r in batch:
+                if r[0] in locked:
+                    yield r
 
     @staticmethod
     def _next_level(c: Conn, queue: str, req: str, priority: int) -> tuple[str, int] | None:
@@ -940,7 +987,7 @@ class SqlStore(Store):
         if row is None:
             return False
         tx.touched.add(row[0])
-        self._settle(tx, task_id, "cancelled")
+        self._settle(tx, [(task_id, "cancelled")])
         return True
 
     def cancel_tasks(self, task_ids: list[int], reason: str) -> int:

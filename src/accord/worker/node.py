@@ -441,6 +441,16 @@ class Node:
                 held.clear()
                 waiting.clear()
             return last_ok
+        orphans = [(task_id, fence) for task_id, fence in still.items() if task_id not in held]
+        if orphans:
+            # Claimed by a commit whose answer was lost (the connection broke
+            # during COMMIT): this node never got them. Hand them back now
+            # rather than keep their leases alive with every heartbeat.
+            log.warning("handing back %d task(s) claimed by a lost commit", len(orphans))
+            try:
+                self.app.store.release(self.node_id, orphans)
+            except StoreError as exc:
+                log.warning("could not hand back tasks: %s", exc)
         for task_id, task in list(held.items()):
             if still.get(task_id) != task.fence:
                 log.warning("task %d lost (cancelled or lease taken over); stopping it", task_id)

@@ -1,0 +1,441 @@
+"""The shared store for many machines: one PostgreSQL database.
+
+Every node, on any host, points at the same database. The rules are the ones
+of :mod:`accord.store.sql`; this module supplies what PostgreSQL does
+differently:
+
+- Connections come from a psycopg pool, one per process (a pool is not
+  carried across ``fork``).
+- Transactions run at READ COMMITTED side by side. Reads that a write depends
+  on lock their rows; claims lock candidate rows with ``FOR UPDATE SKIP
+  LOCKED``, so claimers never wait for each other. A transaction that loses a
+  deadlock, or a race on a unique key, is run again.
+- Time is the server's: every transaction reads ``now()`` once and judges
+  leases, delays and deadlines by it, so a node whose clock is wrong neither
+  steals leases early nor keeps them too long.
+- Every write transaction sends ``NOTIFY accord`` on commit. A listener thread
+  counts notifications, and :meth:`changed` answers from that count; while
+  the listener is disconnected, :meth:`changed` falls back to polling.
+- When the server is unreachable (restart, network cut), operations retry for
+  ``retry_for`` seconds before raising :class:`~accord.errors.StoreUnavailableError`.
+  A commit whose answer was lost is never retried blindly: it raises
+  :class:`~accord.errors.StoreUnavailableError` with ``outcome_unknown=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+import psycopg_pool
+
+from accord.errors import (
+    ClosedError,
+    ConflictError,
+    SchemaError,
+    StorageFullError,
+    StoreError,
+    StoreUnavailableError,
+    StoreURLError,
+)
+from accord.store.base import Completion, Outcome
+from accord.store.sql import Conn, Cursor, SqlStore, _Tx, migrations, statements
+
+T = TypeVar("T")
+
+log = logging.getLogger("accord.store")
+
+MIGRATIONS = migrations("postgresql")
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+CHANNEL = "accord"
+# Any constant works: it only has to be the same for every accord process.
+_MIGRATION_LOCK = 0x6163636F7264
+_RACES = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.UniqueViolation,
+)
+_MAX_RACES = 8
+_POLL_FALLBACK = 0.05
+
+
+@functools.lru_cache(maxsize=1024)
+def _pg(sql: str) -> str:
+    """The shared SQL's ``?`` placeholders in psycopg's ``%s`` form."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PgConn:
+    """A psycopg connection that speaks the shared SQL's placeholders."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Any = (), /) -> Cursor:
+        return self.conn.execute(_pg(sql), params)
+
+    def executemany(self, sql: str, params: Iterable[Any], /) -> Any:
+        with self.conn.cursor() as cur:
+            cur.executemany(_pg(sql), params)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and listings."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _Unknown(Exception):
+    """The connection failed while COMMIT was in flight."""
+
+
+class _Listener:
+    """Counts NOTIFYs on the accord channel, reconnecting when the server goes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.count = 0
+        self.alive = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="accord-listen", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    # Notifications sent while disconnected are lost: count a change.
+                    self.count += 1
+                    self.alive = True
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.1):
+                            self.count += 1
+            except psycopg.Error:
+                pass
+            self.alive = False
+            self.count += 1
+            self._stop.wait(0.2)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+
+class PgStore(SqlStore):
+    """The shared store, in one PostgreSQL database (``postgresql://...``)."""
+
+    lock = " FOR UPDATE"
+    lock_t = " FOR UPDATE OF t"
+    share = " FOR SHARE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    skip_locked_t = " FOR UPDATE OF t SKIP LOCKED"
+    greatest = "GREATEST"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        connect_timeout: float = 10.0,
+        retry_for: float = 30.0,
+    ) -> None:
+        self.dsn = url
+        self.url = redact(url)
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self._closed = False
+        self._guard = threading.Lock()
+        self._pid = os.getpid()
+        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._listener: _Listener | None = None
+        self._local = threading.local()
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise StoreURLError(
+                f"store URL {self.url!r} is not a valid PostgreSQL URL ({exc}); "
+                "use postgresql://user:password@host:port/database",
+                url=self.url,
+            ) from None
+        for port in str(params.get("port", "")).split(","):
+            if port and not port.isdigit():
+                raise StoreURLError(
+                    f"store URL {self.url!r}: port {port!r} is not a number; "
+                    "use postgresql://user:password@host:5432/database",
+                    url=self.url,
+                )
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections ------------------------------------------------------
+    def _get_pool(self) -> psycopg_pool.ConnectionPool:
+        if self._closed:
+            raise ClosedError(f"the store {self.url} is closed; open it again to use it")
+        if self._pid != os.getpid():
+            # A forked child must not use its parent's sockets: start afresh.
+            self._pid = os.getpid()
+            self._pool = None
+            self._listener = None
+        pool = self._pool
+        if pool is None:
+            with self._guard:
+                if self._pool is None:
+                    self._pool = psycopg_pool.ConnectionPool(
+                        self.dsn,
+                        min_size=1,
+                        max_size=self.pool_size,
+                        kwargs={"autocommit": True, "connect_timeout": int(self.connect_timeout)},
+                        timeout=self.connect_timeout,
+                        reconnect_timeout=0,
+                        name="accord",
+                        open=True,
+                    )
+                pool = self._pool
+        return pool
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._get_pool().connection() as conn:
+            yield conn
+
+    def _retrying(self, attempt: Callable[[], T], what: str) -> T:
+        """Run ``attempt``; on a lost connection or a lost race, run it again
+        (races at once, lost connections for up to ``retry_for`` seconds)."""
+        deadline: float | None = None
+        races = 0
+        pause = 0.05
+        while True:
+            try:
+                return attempt()
+            except _RACES as exc:
+                races += 1
+                if races >= _MAX_RACES:
+                    raise self._translate(exc, what) from exc
+                time.sleep(random.random() * 0.002 * races)
+            except _Unknown as unknown:
+                raise StoreUnavailableError(
+                    f"the connection to {self.url} failed while committing {what}: "
+                    "it may or may not have been recorded; read it back, or retry "
+                    "with an idempotency key",
+                    url=self.url,
+                    outcome_unknown=True,
+                ) from unknown.__cause__
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+                if self._closed:
+                    raise ClosedError(f"the store {self.url} is closed") from exc
+                if isinstance(exc, psycopg.errors.DiskFull | psycopg.errors.QueryCanceled):
+                    raise self._translate(exc, what) from exc
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.retry_for
+                    log.warning("store %s unreachable, retrying: %s", self.url, exc)
+                if now >= deadline:
+                    raise self._translate(exc, what) from exc
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 2, 1.0)
+            except psycopg.Error as exc:
+                raise self._translate(exc, what) from exc
+
+    def _translate(self, exc: BaseException, what: str) -> Exception:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, psycopg.errors.DiskFull):
+            return StorageFullError(
+                f"the store {self.url} is out of disk space while {what}; free space "
+                "and retry: nothing was written",
+                url=self.url,
+            )
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            return ConflictError(f"{what} kept colliding with another writer: {text}")
+        if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout):
+            return StoreUnavailableError(
+                f"cannot reach the store {self.url} while {what} (tried for "
+                f"{self.retry_for:g}s): {text}; check that PostgreSQL is running and "
+                "reachable from this host",
+                url=self.url,
+            )
+        if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+            return SchemaError(
+                f"the store {self.url} lacks accord's tables ({text}); run `accord migrate`",
+                url=self.url,
+            )
+        return StoreError(f"the store {self.url} failed while {what}: {text}", url=self.url)
+
+    def _write(self, body: Callable[[_Tx], T]) -> T:
+        def attempt() -> T:
+            with self._connection() as conn:
+                cur = conn.execute("BEGIN; SELECT extract(epoch FROM now())::float8")
+                cur.nextset()
+                row = cur.fetchone()
+                assert row is not None
+                tx = _Tx(_PgConn(conn), row[0])
+                try:
+                    result = body(tx)
+                except BaseException:
+                    if not conn.broken:
+                        conn.execute("ROLLBACK")
+                    raise
+                try:
+                    conn.execute(f"NOTIFY {CHANNEL}; COMMIT")
+                except psycopg.OperationalError as exc:
+                    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                        conn.execute("ROLLBACK")
+                        raise
+                    raise _Unknown() from exc
+                return result
+
+        return self._retrying(attempt, "writing")
+
+    def _read(self, sql: str, params: Any = ()) -> list[Any]:
+        def attempt() -> list[Any]:
+            with self._connection() as conn:
+                return conn.execute(_pg(sql), params).fetchall()
+
+        return self._retrying(attempt, "reading")
+
+    def _snap(self, fn: Callable[[Conn], T]) -> T:
+        def attempt() -> T:
+            with self._connection() as conn:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                try:
+                    return fn(_PgConn(conn))
+                finally:
+                    if not conn.broken:
+                        conn.execute("ROLLBACK")
+
+        return self._retrying(attempt, "reading")
+
+    def _ids_in(self, column: str, ids: list[int]) -> tuple[str, Any]:
+        return f"{column} = ANY(?::bigint[])", list(ids)
+
+    def _migrate(self) -> None:
+        def attempt() -> None:
+            with self._connection() as conn, conn.transaction():
+                # Nodes that start together migrate one at a time.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                version = self._stored_version(conn)
+                if version == 0:
+                    conn.execute(
+                        "CREATE TABLE accord_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                    )
+                    conn.execute(
+                        "INSERT INTO accord_meta (key, value) VALUES ('schema_version', '0')"
+                    )
+                for number, script in MIGRATIONS:
+                    if number > version:
+                        for statement in statements(script):
+                            conn.execute(statement)
+                        conn.execute(
+                            "UPDATE accord_meta SET value = %s WHERE key = 'schema_version'",
+                            (str(number),),
+                        )
+
+        self._retrying(attempt, "creating or upgrading the schema")
+
+    def _stored_version(self, conn: psycopg.Connection[Any]) -> int:
+        meta, tasks = conn.execute(
+            "SELECT to_regclass('accord_meta') IS NOT NULL, to_regclass('tasks') IS NOT NULL"
+        ).fetchone() or (False, False)
+        if not meta:
+            if tasks:
+                raise SchemaError(
+                    f"the database {self.url} has a 'tasks' table that accord did not make; "
+                    "use another database (or schema) for accord",
+                    url=self.url,
+                )
+            return 0
+        row = conn.execute("SELECT value FROM accord_meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.url} has schema version {version}, written by a newer accord; "
+                f"this accord knows versions up to {SCHEMA_VERSION}: upgrade accord",
+                url=self.url,
+                found=version,
+                supported=SCHEMA_VERSION,
+            )
+        return version
+
+    def schema_version(self) -> int:
+        return int(self._read("SELECT value FROM accord_meta WHERE key = 'schema_version'")[0][0])
+
+    def close(self) -> None:
+        self._closed = True
+        with self._guard:
+            pool, self._pool = self._pool, None
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        if pool is not None and self._pid == os.getpid():
+            pool.close()
+
+    def changed(self) -> bool:
+        self._get_pool()
+        listener = self._listener
+        if listener is None:
+            with self._guard:
+                if self._listener is None:
+                    self._listener = _Listener(self.dsn)
+                listener = self._listener
+        local = self._local
+        if not listener.alive:
+            # No notifications while disconnected: poll instead.
+            now = time.monotonic()
+            due = now - getattr(local, "polled", 0.0) >= _POLL_FALLBACK
+            if due:
+                local.polled = now
+            return due
+        count = listener.count
+        seen = getattr(local, "seen", None)
+        local.seen = count
+        return seen is None or seen != count
+
+    # -- faster paths -----------------------------------------------------
+    def _complete_all(self, tx: _Tx, completions: list[Completion]) -> list[bool]:
+        """Record every successful attempt in one statement."""
+        ok = [done for done in completions if done.outcome is Outcome.OK]
+        accepted: set[int] = set()
+        if ok:
+            rows = tx.c.execute(
+                "UPDATE tasks AS t SET state = 'succeeded', result = v.result, "
+                "finished_at = ?, lease_expires_at = NULL "
+                "FROM unnest(?::bigint[], ?::bigint[], ?::bytea[]) AS v (id, fence, result) "
+                "WHERE t.id = v.id AND t.fence = v.fence AND t.state = 'running' "
+                "RETURNING t.id, t.run_id, t.deadline_at, t.late",
+                (
+                    tx.now,
+                    [done.task_id for done in ok],
+                    [done.fence for done in ok],
+                    [done.result for done in ok],
+                ),
+            ).fetchall()
+            for task_id, run_id, deadline_at, late in rows:
+                self._succeeded(tx, task_id, run_id, deadline_at, late)
+                accepted.add(task_id)
+            self._settle(tx, [(task_id, "succeeded") for task_id in sorted(accepted)])
+        return [
+            done.task_id in accepted if done.outcome is Outcome.OK else self._complete(tx, done)
+            for done in completions
+        ]
