@@ -314,3 +314,27 @@ def test_nodes_listing(store: SqlStore) -> None:
     listed = store.nodes(include_stopped=True)
     assert [(n.name, n.state) for n in listed] == [("one", "stopped"), ("two", "running")]
     assert listed[0].stopped_at is not None
+
+
+def test_a_node_without_heartbeats_is_marked_lost_and_comes_back(store: SqlStore) -> None:
+    quiet = store.register_node(
+        name="quiet", host="h1", pid=1, queue="flows", slots=2, mode="process",
+        capabilities=[], lease_ttl=0.3,
+    )  # fmt: skip
+    busy = _node(store, "busy")
+    _, ids = store.submit([_task("square", 3)], run=NewRun(app="flows", name="square"))
+    _, claimed = store.exchange(quiet, [], queue="flows", claim=1, lease_ttl=0.3)
+    assert [t.id for t in claimed] == ids
+    store.exchange(busy, [], queue="flows", claim=1, lease_ttl=30)
+    assert {n.name: n.state for n in store.nodes()}["quiet"] == "running"
+    time.sleep(1.1)  # past its lease, and past the one-second spacing of the sweep
+    _, taken = store.exchange(busy, [], queue="flows", claim=1, lease_ttl=30)
+    assert [t.id for t in taken] == ids  # its task was reclaimed ...
+    states = {n.name: n.state for n in store.nodes()}
+    assert states == {"quiet": "lost", "busy": "running"}  # ... and it is marked lost
+    lost = [e for e in store.events(limit=1000) if e.kind == "node_lost"]
+    assert [e.node_id for e in lost] == [quiet]
+    assert "no heartbeat" in (lost[0].detail or "")
+    # it wakes up: the heartbeat shows it holds nothing, and it is running again
+    assert store.heartbeat(quiet, 0.3, 0) == {}
+    assert {n.name: n.state for n in store.nodes()}["quiet"] == "running"

@@ -282,7 +282,10 @@ class Store(abc.ABC):
         capabilities: list[str],
         resources: dict[str, float] | None = None,
         speed: float = 1.0,
-    ) -> int: ...
+        lease_ttl: float = 30.0,
+    ) -> int:
+        """Record a node; a node that does not heartbeat for ``lease_ttl``
+        seconds is marked lost."""
 
     @abc.abstractmethod
     def stop_node(self, node_id: int) -> None: ...

@@ -145,6 +145,7 @@ class SqlStore(Store):
     skip_locked = ""  # claim rows no other claimer holds
     skip_locked_t = ""
     greatest = "max"  # the larger of two values
+    _next_lost_sweep = 0.0  # store time of the next look for lost nodes
 
     @abc.abstractmethod
     def _write(self, body: Callable[[_Tx], T]) -> T:
@@ -848,9 +849,28 @@ class SqlStore(Store):
         for task_id, run_id, deadline_at, state in overdue:
             self._late(tx, task_id, run_id, tx.now - deadline_at, f"still {state}")
 
+    def _mark_lost(self, tx: _Tx) -> None:
+        """Mark nodes lost whose last heartbeat is older than their lease."""
+        for node_id, name, heartbeat_at in tx.c.execute(
+            "UPDATE nodes SET state = 'lost' WHERE state = 'running' "
+            "AND heartbeat_at + lease_ttl < ? RETURNING id, name, heartbeat_at",
+            (tx.now,),
+        ).fetchall():
+            self._event(
+                tx,
+                "node_lost",
+                None,
+                None,
+                f"{name}: no heartbeat for {tx.now - heartbeat_at:.1f}s, longer than its lease",
+                node_id,
+            )
+
     def _reclaim_expired(self, tx: _Tx) -> None:
         c = tx.c
         self._record_overdue(tx)
+        if tx.now >= self._next_lost_sweep:
+            self._next_lost_sweep = tx.now + 1.0
+            self._mark_lost(tx)
         # A lost lease is the node's fault, not the task's: it does not use up
         # the task's retries. It is still bounded (MAX_LEASE_LOSSES), so that a
         # task that kills or hangs every node that runs it ends up failed.
@@ -942,12 +962,13 @@ class SqlStore(Store):
         capabilities: list[str],
         resources: dict[str, float] | None = None,
         speed: float = 1.0,
+        lease_ttl: float = 30.0,
     ) -> int:
         def body(tx: _Tx) -> int:
             node_id: int = tx.c.execute(
                 "INSERT INTO nodes (name, host, pid, queue, slots, mode, capabilities, "
-                "resources, speed, started_at, heartbeat_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "resources, speed, started_at, heartbeat_at, lease_ttl) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     name,
                     host,
@@ -960,6 +981,7 @@ class SqlStore(Store):
                     speed,
                     tx.now,
                     tx.now,
+                    lease_ttl,
                 ),
             ).fetchone()[0]
             self._event(tx, "node_started", None, None, f"{name} ({slots} {mode} slots)", node_id)

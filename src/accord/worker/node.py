@@ -210,6 +210,7 @@ class Node:
             capabilities=self.capabilities,
             resources=self.spec.capacity,
             speed=self.spec.speed,
+            lease_ttl=self.lease_ttl,
         )
         pool = make_pool(self.mode, self.app, self.slots, node_id)
         self._started.set()
