@@ -74,6 +74,9 @@ class _LimitState:
 
 _OPEN_STATES = "('pending', 'ready', 'running')"
 _EXPIRED_BATCH = 64
+# Expired leases and missed deadlines are looked for at most this often by
+# each process (claims are much more frequent under load).
+SWEEP_INTERVAL = 0.05
 
 _TASK_INFO_SQL = """
 SELECT t.id, t.run_id, t.parent_id, t.name, t.queue, t.state, t.priority, t.attempts,
@@ -144,8 +147,10 @@ class SqlStore(Store):
     share = ""  # the rows read must not change before this transaction ends
     skip_locked = ""  # claim rows no other claimer holds
     skip_locked_t = ""
+    share_skip_locked = ""  # lock rows no other transaction is changing, skip the rest
     greatest = "max"  # the larger of two values
     _next_lost_sweep = 0.0  # store time of the next look for lost nodes
+    _next_sweep = 0.0  # store time of the next look for expired leases and deadlines
 
     @abc.abstractmethod
     def _write(self, body: Callable[[_Tx], T]) -> T:
@@ -159,6 +164,10 @@ class SqlStore(Store):
     @abc.abstractmethod
     def _snap(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn``'s reads on one connection, seeing one state of the store."""
+
+    @abc.abstractmethod
+    def _new_task_ids(self, c: Conn, count: int) -> list[int]:
+        """``count`` unused task ids, for rows this transaction will insert."""
 
     @abc.abstractmethod
     def _ids_in(self, column: str, ids: list[int]) -> tuple[str, Any]:
@@ -204,7 +213,8 @@ class SqlStore(Store):
             ids = self._insert_tasks(tx, run_id, tasks, parent[0] if parent else None)
             if run is not None and run.rooted and tasks:
                 c.execute("UPDATE runs SET root_task_id = ? WHERE id = ?", (ids[0], run_id))
-            tx.touched.add(run_id)
+            if not tasks:
+                tx.touched.add(run_id)  # an empty run has ended already
             self._finish_runs(tx)
             return run_id, ids
 
@@ -235,51 +245,64 @@ class SqlStore(Store):
     def _insert_tasks(
         self, tx: _Tx, run_id: int, tasks: list[NewTask], parent_id: int | None
     ) -> list[int]:
+        """Write a batch of tasks in a few statements, whatever its size."""
         c = tx.c
-        ids: list[int] = []
+        ids: list[int | None] = [None] * len(tasks)
         states: dict[int, str] = {}
-        for task in tasks:
-            if parent_id is not None and task.seq is not None:
-                row = c.execute(
-                    "SELECT id, state FROM tasks WHERE parent_id = ? AND seq = ?",
-                    (parent_id, task.seq),
-                ).fetchone()
-                if row is not None:  # made by an earlier attempt of the parent
-                    ids.append(row[0])
-                    states[row[0]] = row[1]
-                    continue
-            if task.limit_key is not None:
-                self._define_limit(tx, task)
-            deps = [ids[-d - 1] if d < 0 else d for d in task.deps]
+        seqs = [task.seq for task in tasks if task.seq is not None]
+        if parent_id is not None and seqs:
+            # Children made by an earlier attempt of the parent are not made again.
+            where, param = self._ids_in("seq", seqs)
+            made = {
+                seq: (task_id, state)
+                for task_id, seq, state in c.execute(
+                    f"SELECT id, seq, state FROM tasks WHERE parent_id = ? AND {where}",
+                    (parent_id, param),
+                )
+            }
+            for i, task in enumerate(tasks):
+                if task.seq in made:
+                    task_id, states_of = made[task.seq]
+                    ids[i] = task_id
+                    states[task_id] = states_of
+        fresh = [i for i, task_id in enumerate(ids) if task_id is None]
+        for i, task_id in zip(fresh, self._new_task_ids(c, len(fresh)), strict=True):
+            ids[i] = task_id
+        known: list[int] = [task_id for task_id in ids if task_id is not None]
+        deps_of = [[known[-d - 1] if d < 0 else d for d in task.deps] for task in tasks]
+        outside = sorted({d for i in fresh for d in deps_of[i]} - set(known))
+        if outside:
+            # Locked until this commit: their ends must see the new dependents.
+            where, param = self._ids_in("id", outside)
+            states.update(
+                c.execute(f"SELECT id, state FROM tasks WHERE {where}{self.share}", (param,))
+            )
+        limits = {task.limit_key: task for task in tasks if task.limit_key is not None}
+        for task in limits.values():
+            self._define_limit(tx, task)
+        rows, dep_rows = [], []
+        for i in fresh:
+            task, task_id, deps = tasks[i], known[i], deps_of[i]
             remaining = 0
             blocked: str | None = None
             for dep in deps:
                 state = states.get(dep)
                 if state is None:
-                    # Locked until this commit: its end must see the new dependent.
-                    found = c.execute(
-                        f"SELECT state, name FROM tasks WHERE id = ?{self.share}", (dep,)
-                    ).fetchone()
-                    if found is None:
-                        raise NotFoundError(
-                            f"{task.name}() depends on task {dep}, which does not exist",
-                            task_id=dep,
-                        )
-                    state = found[0]
+                    raise NotFoundError(
+                        f"{task.name}() depends on task {dep}, which does not exist",
+                        task_id=dep,
+                    )
                 if state in ("failed", "cancelled"):
                     blocked = f"dependency task {dep} {state}"
                 elif state != "succeeded":
                     remaining += 1
             state = "cancelled" if blocked else ("pending" if remaining else "ready")
-            task_id = c.execute(
-                "INSERT INTO tasks (run_id, parent_id, seq, idempotency_key, queue, name, state, "
-                "priority, weight, size, args, n_deps, deps_remaining, max_attempts, backoff, "
-                "max_backoff, timeout, requires, resources, ready_at, created_at, error, "
-                "finished_at, deadline_at, req_key, limit_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?) "
-                "RETURNING id",
+            states[task_id] = state
+            if blocked:
+                tx.touched.add(run_id)
+            rows.append(
                 (
+                    task_id,
                     run_id,
                     parent_id,
                     task.seq,
@@ -306,16 +329,22 @@ class SqlStore(Store):
                     task.deadline_at if task.deadline_in is None else tx.now + task.deadline_in,
                     req_key(task.requires),
                     task.limit_key,
-                ),
-            ).fetchone()[0]
-            if deps:
-                c.executemany(
-                    "INSERT INTO deps (task_id, pos, dep_id) VALUES (?, ?, ?)",
-                    [(task_id, pos, dep) for pos, dep in enumerate(deps)],
                 )
-            ids.append(task_id)
-            states[task_id] = state
-        return ids
+            )
+            dep_rows += [(task_id, pos, dep) for pos, dep in enumerate(deps)]
+        if rows:
+            c.executemany(
+                "INSERT INTO tasks (id, run_id, parent_id, seq, idempotency_key, queue, name, "
+                "state, priority, weight, size, args, n_deps, deps_remaining, max_attempts, "
+                "backoff, max_backoff, timeout, requires, resources, ready_at, created_at, "
+                "error, finished_at, deadline_at, req_key, limit_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?)",
+                rows,
+            )
+        if dep_rows:
+            c.executemany("INSERT INTO deps (task_id, pos, dep_id) VALUES (?, ?, ?)", dep_rows)
+        return known
 
     # -- the node's side --------------------------------------------------
     def exchange(
@@ -513,15 +542,40 @@ class SqlStore(Store):
                 )
 
     def _finish_runs(self, tx: _Tx) -> None:
-        """Close the runs touched by this transaction that have no open task left."""
+        """Close the runs touched by this transaction that have no open task left.
+
+        Transactions that end tasks of one run concurrently must not each see
+        the other's task still open and both leave the run running. The open
+        task that keeps a run going is read with a share lock, so it cannot
+        end before this transaction commits (whoever ends it then sees this
+        transaction's work), skipping tasks that other transactions are
+        changing right now; when none is left, the run row is locked, so the
+        last of those transactions decides after the others, with a fresh read.
+        On SQLite the one writer holds the database and no lock is needed.
+        """
         c = tx.c
-        # Runs are locked in id order, so two transactions that both end tasks
-        # of a run decide one after the other and the second sees the first.
         for run_id in sorted(tx.touched):
+            row = c.execute(
+                "SELECT r.state, r.root_task_id, t.state FROM runs r "
+                "LEFT JOIN tasks t ON t.id = r.root_task_id WHERE r.id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None or row[0] != "running":
+                continue
+            root_ended = row[2] in ("failed", "cancelled")
+            if (
+                not root_ended
+                and c.execute(
+                    f"SELECT 1 FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES} "
+                    f"LIMIT 1{self.share_skip_locked}",
+                    (run_id,),
+                ).fetchone()
+            ):
+                continue
             run = c.execute(
                 f"SELECT state, root_task_id FROM runs WHERE id = ?{self.lock}", (run_id,)
             ).fetchone()
-            if run is None or run[0] != "running":
+            if run[0] != "running":
                 continue
             root_id = run[1]
             root_state = root_error = None
@@ -547,11 +601,13 @@ class SqlStore(Store):
                 )
                 self._event(tx, f"run_{root_state}", run_id, None, root_error)
                 continue
-            still_open = c.execute(
-                f"SELECT 1 FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES} LIMIT 1",
-                (run_id,),
-            ).fetchone()
-            if still_open:
+            if (
+                self.share_skip_locked
+                and c.execute(
+                    f"SELECT 1 FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES} LIMIT 1",
+                    (run_id,),
+                ).fetchone()
+            ):
                 continue
             if root_id is not None:
                 state, error = root_state, root_error
@@ -593,39 +649,8 @@ class SqlStore(Store):
         node = node or NodeSpec()
         policy = policy or DEFAULT_POLICY
         free = dict(free) if free is not None else None
-        # Bounded candidates: the oldest eligible tasks of each (requirement
-        # class, priority) level, read off the tasks_ready index. Levels are
-        # found by skipping through the index, one seek each.
         per_level = limit + 16
-        candidates: list[Any] = []
-        level = c.execute(
-            "SELECT req_key, priority FROM tasks WHERE queue = ? AND state = 'ready' "
-            "ORDER BY req_key, priority LIMIT 1",
-            (queue,),
-        ).fetchone()
-        levels = 0
-        while level is not None and levels < MAX_LEVELS:
-            levels += 1
-            level_req, level_priority = level
-            if node.can_meet(level_req):
-                candidates += c.execute(
-                    "SELECT id, priority, weight, size, ready_at, deadline_at, resources, "
-                    "limit_key FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = ? "
-                    "AND priority = ? AND ready_at <= ? ORDER BY ready_at LIMIT ?",
-                    (queue, level_req, level_priority, now, per_level),
-                ).fetchall()
-            level = self._next_level(c, queue, level_req, level_priority)
-        # Tasks with deadlines come first inside their band, wherever they sit:
-        # the earliest deadlines join the candidates through their own index.
-        seen = {r[0] for r in candidates}
-        for r in c.execute(
-            "SELECT id, priority, weight, size, ready_at, deadline_at, resources, limit_key, "
-            "req_key FROM tasks WHERE queue = ? AND state = 'ready' AND deadline_at IS NOT NULL "
-            "AND ready_at <= ? ORDER BY deadline_at LIMIT ?",
-            (queue, now, per_level),
-        ):
-            if r[0] not in seen and node.can_meet(r[8]):
-                candidates.append(r[:8])
+        candidates = self._candidates(c, queue, now, per_level, node)
         if not candidates:
             return []
         speed = node.speed
@@ -638,8 +663,6 @@ class SqlStore(Store):
         needs_by_id: dict[int, dict[str, float]] = {}
         limits: dict[str, _LimitState | None] = {}
         for r in self._lockable(c, candidates, limit):
-            if len(picked) >= limit:
-                break
             needs = needs_of(json.loads(r[6]) if r[6] else None)
             # ``free`` may be scaled up for prefetch; a task needing more than
             # the node has at all could never start there: leave it ready.
@@ -652,6 +675,8 @@ class SqlStore(Store):
             if free is not None:
                 for kind, amount in needs.items():
                     free[kind] = free.get(kind, 0.0) - amount
+            if len(picked) >= limit:
+                break  # before locking another batch
         self._save_limits(tx, limits)
         if not picked:
             return []
@@ -698,6 +723,45 @@ class SqlStore(Store):
                 )
             )
         return claimed
+
+    def _candidates(
+        self, c: Conn, queue: str, now: float, per_level: int, node: NodeSpec
+    ) -> list[Any]:
+        """Bounded candidates: the oldest eligible tasks of each (requirement
+        class, priority) level the node can run, read off the tasks_ready
+        index, plus the earliest deadlines. Rows: id, priority, weight, size,
+        ready_at, deadline_at, resources, limit_key."""
+        candidates: list[Any] = []
+        # Levels are found by skipping through the index, one seek each.
+        level = c.execute(
+            "SELECT req_key, priority FROM tasks WHERE queue = ? AND state = 'ready' "
+            "ORDER BY req_key, priority LIMIT 1",
+            (queue,),
+        ).fetchone()
+        levels = 0
+        while level is not None and levels < MAX_LEVELS:
+            levels += 1
+            level_req, level_priority = level
+            if node.can_meet(level_req):
+                candidates += c.execute(
+                    "SELECT id, priority, weight, size, ready_at, deadline_at, resources, "
+                    "limit_key FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = ? "
+                    "AND priority = ? AND ready_at <= ? ORDER BY ready_at LIMIT ?",
+                    (queue, level_req, level_priority, now, per_level),
+                ).fetchall()
+            level = self._next_level(c, queue, level_req, level_priority)
+        # Tasks with deadlines come first inside their band, wherever they sit:
+        # the earliest deadlines join the candidates through their own index.
+        seen = {r[0] for r in candidates}
+        for r in c.execute(
+            "SELECT id, priority, weight, size, ready_at, deadline_at, resources, limit_key, "
+            "req_key FROM tasks WHERE queue = ? AND state = 'ready' AND deadline_at IS NOT NULL "
+            "AND ready_at <= ? ORDER BY deadline_at LIMIT ?",
+            (queue, now, per_level),
+        ):
+            if r[0] not in seen and node.can_meet(r[8]):
+                candidates.append(r[:8])
+        return candidates
 
     def _lockable(self, c: Conn, ranked: list[Any], limit: int) -> Iterator[Any]:
         """The ranked candidates that this transaction could lock, in order.
@@ -866,6 +930,10 @@ class SqlStore(Store):
             )
 
     def _reclaim_expired(self, tx: _Tx) -> None:
+        # Sweeps, a few times a second per process rather than in every claim.
+        if tx.now < self._next_sweep:
+            return
+        self._next_sweep = tx.now + SWEEP_INTERVAL
         c = tx.c
         self._record_overdue(tx)
         if tx.now >= self._next_lost_sweep:

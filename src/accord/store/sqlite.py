@@ -32,7 +32,7 @@ from accord.errors import (
     StoreError,
     StoreURLError,
 )
-from accord.store.sql import SqlStore, _Tx, migrations, statements
+from accord.store.sql import Conn, SqlStore, _Tx, migrations, statements
 from accord.store.sqlite_state import SqliteStateMixin
 
 T = TypeVar("T")
@@ -266,6 +266,13 @@ class SqliteStore(SqliteStateMixin, SqlStore):
         # The database lock is held from BEGIN IMMEDIATE: nothing to retry.
         with self._tx() as tx:
             return body(tx)
+
+    def _new_task_ids(self, c: Conn, count: int) -> list[int]:
+        # The writer holds the database: nobody else takes ids meanwhile.
+        if count == 0:
+            return []
+        (top,) = c.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()
+        return list(range(top + 1, top + 1 + count))
 
     def _ids_in(self, column: str, ids: list[int]) -> tuple[str, Any]:
         return f"{column} IN (SELECT value FROM json_each(?))", json.dumps(ids)
