@@ -48,8 +48,9 @@ from accord.errors import (
     StoreUnavailableError,
     StoreURLError,
 )
+from accord.scheduling.policy import NodeSpec
 from accord.store.base import Completion, Outcome
-from accord.store.sql import Conn, Cursor, SqlStore, _Tx, migrations, statements
+from accord.store.sql import MAX_LEVELS, Conn, Cursor, SqlStore, _Tx, migrations, statements
 
 T = TypeVar("T")
 
@@ -67,6 +68,29 @@ _RACES = (
 )
 _MAX_RACES = 8
 _POLL_FALLBACK = 0.05
+
+
+_CANDIDATES_SQL = f"""
+WITH RECURSIVE levels (req_key, priority, n) AS (
+    (SELECT req_key, priority, 1 FROM tasks WHERE queue = ? AND state = 'ready'
+     ORDER BY req_key, priority LIMIT 1)
+    UNION ALL
+    SELECT next.req_key, next.priority, levels.n + 1 FROM levels, LATERAL (
+        SELECT req_key, priority FROM tasks WHERE queue = ? AND state = 'ready'
+        AND (req_key, priority) > (levels.req_key, levels.priority)
+        ORDER BY req_key, priority LIMIT 1) next
+    WHERE levels.n < {MAX_LEVELS}
+)
+SELECT c.id, c.priority, c.weight, c.size, c.ready_at, c.deadline_at, c.resources,
+       c.limit_key, levels.req_key
+FROM levels, LATERAL (
+    SELECT * FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = levels.req_key
+    AND priority = levels.priority AND ready_at <= ? ORDER BY ready_at LIMIT ?) c
+UNION ALL
+(SELECT id, priority, weight, size, ready_at, deadline_at, resources, limit_key, req_key
+ FROM tasks WHERE queue = ? AND state = 'ready' AND deadline_at IS NOT NULL
+ AND ready_at <= ? ORDER BY deadline_at LIMIT ?)
+"""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -148,6 +172,7 @@ class PgStore(SqlStore):
     share = " FOR SHARE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     skip_locked_t = " FOR UPDATE OF t SKIP LOCKED"
+    share_skip_locked = " FOR SHARE SKIP LOCKED"
     greatest = "GREATEST"
 
     def __init__(
@@ -327,6 +352,17 @@ class PgStore(SqlStore):
 
         return self._retrying(attempt, "reading")
 
+    def _new_task_ids(self, c: Conn, count: int) -> list[int]:
+        if count == 0:
+            return []
+        return sorted(
+            row[0]
+            for row in c.execute(
+                "SELECT nextval(pg_get_serial_sequence('tasks', 'id')) FROM generate_series(1, ?)",
+                (count,),
+            )
+        )
+
     def _ids_in(self, column: str, ids: list[int]) -> tuple[str, Any]:
         return f"{column} = ANY(?::bigint[])", list(ids)
 
@@ -413,6 +449,21 @@ class PgStore(SqlStore):
         return seen is None or seen != count
 
     # -- faster paths -----------------------------------------------------
+    def _candidates(
+        self, c: Conn, queue: str, now: float, per_level: int, node: NodeSpec
+    ) -> list[Any]:
+        """The same candidates as on SQLite, in one statement: the levels by a
+        recursive skip through the tasks_ready index, each level's oldest
+        tasks by a lateral index scan, then the earliest deadlines."""
+        candidates: list[Any] = []
+        seen: set[int] = set()
+        params = (queue, queue, queue, now, per_level, queue, now, per_level)
+        for row in c.execute(_CANDIDATES_SQL, params):
+            if row[0] not in seen and node.can_meet(row[8]):
+                seen.add(row[0])
+                candidates.append(row[:8])
+        return candidates
+
     def _complete_all(self, tx: _Tx, completions: list[Completion]) -> list[bool]:
         """Record every successful attempt in one statement."""
         ok = [done for done in completions if done.outcome is Outcome.OK]
