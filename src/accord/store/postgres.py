@@ -464,29 +464,39 @@ class PgStore(SqlStore):
                 candidates.append(row[:8])
         return candidates
 
-    def _complete_all(self, tx: _Tx, completions: list[Completion]) -> list[bool]:
-        """Record every successful attempt in one statement."""
+    def _complete_all(self, tx: _Tx, node_id: int, completions: list[Completion]) -> list[bool]:
+        """Record every successful attempt, and count them to the node, in
+        one statement."""
         ok = [done for done in completions if done.outcome is Outcome.OK]
         accepted: set[int] = set()
         if ok:
             rows = tx.c.execute(
-                "UPDATE tasks AS t SET state = 'succeeded', result = v.result, "
+                "WITH done AS (UPDATE tasks AS t SET state = 'succeeded', result = v.result, "
                 "finished_at = ?, lease_expires_at = NULL "
                 "FROM unnest(?::bigint[], ?::bigint[], ?::bytea[]) AS v (id, fence, result) "
                 "WHERE t.id = v.id AND t.fence = v.fence AND t.state = 'running' "
-                "RETURNING t.id, t.run_id, t.deadline_at, t.late",
+                "RETURNING t.id, t.run_id, t.deadline_at, t.late), "
+                "counted AS (UPDATE nodes SET completed = completed + "
+                "(SELECT count(*) FROM done) WHERE id = ?) "
+                "SELECT id, run_id, deadline_at, late FROM done",
                 (
                     tx.now,
                     [done.task_id for done in ok],
                     [done.fence for done in ok],
                     [done.result for done in ok],
+                    node_id,
                 ),
             ).fetchall()
             for task_id, run_id, deadline_at, late in rows:
                 self._succeeded(tx, task_id, run_id, deadline_at, late)
                 accepted.add(task_id)
             self._settle(tx, [(task_id, "succeeded") for task_id in sorted(accepted)])
+        others = [
+            self._complete(tx, done) for done in completions if done.outcome is not Outcome.OK
+        ]
+        self._count_completed(tx, node_id, sum(others))
+        results = iter(others)
         return [
-            done.task_id in accepted if done.outcome is Outcome.OK else self._complete(tx, done)
+            done.task_id in accepted if done.outcome is Outcome.OK else next(results)
             for done in completions
         ]

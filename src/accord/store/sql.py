@@ -360,12 +360,7 @@ class SqlStore(Store):
         policy: Policy | None = None,
     ) -> tuple[list[bool], list[ClaimedTask]]:
         def body(tx: _Tx) -> tuple[list[bool], list[ClaimedTask]]:
-            accepted = self._complete_all(tx, completions)
-            if completions:
-                tx.c.execute(
-                    "UPDATE nodes SET completed = completed + ? WHERE id = ?",
-                    (sum(accepted), node_id),
-                )
+            accepted = self._complete_all(tx, node_id, completions) if completions else []
             self._finish_runs(tx)
             claimed = []
             if claim > 0:
@@ -374,9 +369,19 @@ class SqlStore(Store):
 
         return self._write(body)
 
-    def _complete_all(self, tx: _Tx, completions: list[Completion]) -> list[bool]:
-        """Record finished attempts; each is refused if its fence is stale."""
-        return [self._complete(tx, done) for done in completions]
+    def _complete_all(self, tx: _Tx, node_id: int, completions: list[Completion]) -> list[bool]:
+        """Record finished attempts (each is refused if its fence is stale)
+        and count them to the node."""
+        accepted = [self._complete(tx, done) for done in completions]
+        self._count_completed(tx, node_id, sum(accepted))
+        return accepted
+
+    @staticmethod
+    def _count_completed(tx: _Tx, node_id: int, count: int) -> None:
+        if count:
+            tx.c.execute(
+                "UPDATE nodes SET completed = completed + ? WHERE id = ?", (count, node_id)
+            )
 
     def _succeeded(
         self, tx: _Tx, task_id: int, run_id: int, deadline_at: float | None, late: int
@@ -556,33 +561,29 @@ class SqlStore(Store):
         c = tx.c
         for run_id in sorted(tx.touched):
             row = c.execute(
-                "SELECT r.state, r.root_task_id, t.state FROM runs r "
-                "LEFT JOIN tasks t ON t.id = r.root_task_id WHERE r.id = ?",
+                "SELECT r.state, t.state, EXISTS (SELECT 1 FROM tasks o WHERE o.run_id = r.id "
+                f"AND o.state IN {_OPEN_STATES} LIMIT 1{self.share_skip_locked}) "
+                "FROM runs r LEFT JOIN tasks t ON t.id = r.root_task_id WHERE r.id = ?",
                 (run_id,),
             ).fetchone()
             if row is None or row[0] != "running":
                 continue
-            root_ended = row[2] in ("failed", "cancelled")
-            if (
-                not root_ended
-                and c.execute(
-                    f"SELECT 1 FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES} "
-                    f"LIMIT 1{self.share_skip_locked}",
-                    (run_id,),
-                ).fetchone()
-            ):
-                continue
+            if row[1] not in ("failed", "cancelled") and row[2]:
+                continue  # the usual case: the run goes on
             run = c.execute(
-                f"SELECT state, root_task_id FROM runs WHERE id = ?{self.lock}", (run_id,)
+                f"SELECT root_task_id FROM runs WHERE id = ? AND state = 'running'{self.lock}",
+                (run_id,),
             ).fetchone()
-            if run[0] != "running":
+            if run is None:
                 continue
-            root_id = run[1]
-            root_state = root_error = None
-            if root_id is not None:
-                root_state, root_error = c.execute(
-                    "SELECT state, error FROM tasks WHERE id = ?", (root_id,)
-                ).fetchone()
+            root_id = run[0]
+            # Read again after the lock: what committed meanwhile counts.
+            root_state, root_error, still_open = c.execute(
+                "SELECT (SELECT state FROM tasks WHERE id = ?), "
+                "(SELECT error FROM tasks WHERE id = ?), "
+                f"EXISTS (SELECT 1 FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES})",
+                (root_id, root_id, run_id),
+            ).fetchone()
             if root_state in ("failed", "cancelled"):
                 # The workflow itself ended without a value: stop what it started.
                 reason = f"run {run_id} {root_state}: task {root_id} {root_state}"
@@ -601,13 +602,7 @@ class SqlStore(Store):
                 )
                 self._event(tx, f"run_{root_state}", run_id, None, root_error)
                 continue
-            if (
-                self.share_skip_locked
-                and c.execute(
-                    f"SELECT 1 FROM tasks WHERE run_id = ? AND state IN {_OPEN_STATES} LIMIT 1",
-                    (run_id,),
-                ).fetchone()
-            ):
+            if still_open:
                 continue
             if root_id is not None:
                 state, error = root_state, root_error
