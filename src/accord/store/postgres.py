@@ -233,8 +233,10 @@ class PgStore(SqlStore):
                         min_size=1,
                         max_size=self.pool_size,
                         kwargs={"autocommit": True, "connect_timeout": int(self.connect_timeout)},
-                        timeout=self.connect_timeout,
-                        reconnect_timeout=0,
+                        # A wait for a connection is cut short and retried by
+                        # _retrying; the pool itself keeps reconnecting meanwhile.
+                        timeout=min(self.connect_timeout, 2.0),
+                        reconnect_timeout=max(self.retry_for, 60.0),
                         name="accord",
                         open=True,
                     )

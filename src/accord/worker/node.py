@@ -136,6 +136,11 @@ class Node:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._avg_duration: float | None = None
+        # Monotonic time of the last heartbeat the store accepted, and the
+        # attempts the watchdog stopped since (task id -> fence).
+        self._heartbeat_ok = time.monotonic()
+        self._fence_lock = threading.Lock()
+        self._self_fenced: dict[int, int] = {}
 
     # -- lifecycle --------------------------------------------------------
     def start(self) -> None:
@@ -213,6 +218,11 @@ class Node:
             lease_ttl=self.lease_ttl,
         )
         pool = make_pool(self.mode, self.app, self.slots, node_id)
+        serving = threading.Event()
+        self._heartbeat_ok = time.monotonic()
+        threading.Thread(
+            target=self._watch, args=(pool, serving), name="accord-watchdog", daemon=True
+        ).start()
         self._started.set()
         log.info(
             "node %s (%d) serving app %s with %d %s slots",
@@ -326,6 +336,8 @@ class Node:
                     continue
                 idle = now - last_activity > 1.0
                 finished = pool.wait(WAIT_SLOW if idle else WAIT_FAST)
+                if finished and self._self_fenced:
+                    finished = self._hand_back_fenced(finished, held)
                 if finished:
                     last_activity = time.monotonic()
                     if not done:
@@ -344,11 +356,56 @@ class Node:
                         urgent = best is not None and best > waiting[0].priority
             self._drain(pool, held, waiting, done)
         finally:
+            serving.set()
             pool.close()
             try:
                 store.stop_node(node_id)
             except StoreError:
                 log.warning("could not mark node %d stopped", node_id)
+
+    def _cut_off(self) -> bool:
+        """True when the store has not accepted a heartbeat for so long that
+        another node may soon take this node's tasks."""
+        return time.monotonic() - self._heartbeat_ok > self.lease_ttl - self.heartbeat_interval
+
+    def _watch(self, pool: Pool, serving: threading.Event) -> None:
+        """Self-fencing that does not depend on the node's loop: a store call
+        can block for as long as the database is unreachable (or stopped),
+        and the attempts must stop before their leases end all the same."""
+        while not serving.wait(self.heartbeat_interval / 4):
+            if self._self_fenced or not self._cut_off():
+                continue
+            stopped = pool.fence()
+            with self._fence_lock:
+                self._self_fenced.update({task.id: task.fence for task in stopped})
+            if stopped:
+                log.error(
+                    "no heartbeat for too long (%.1fs): stopped %d running attempt(s) "
+                    "before their leases end",
+                    time.monotonic() - self._heartbeat_ok,
+                    len(stopped),
+                )
+
+    def _hand_back_fenced(
+        self, finished: list[Completion], held: dict[int, ClaimedTask]
+    ) -> list[Completion]:
+        """Attempts the watchdog stopped did not fail: hand them back (if
+        their leases were not taken over meanwhile) instead of reporting."""
+        with self._fence_lock:
+            fenced = self._self_fenced
+            back = [(c.task_id, c.fence) for c in finished if fenced.get(c.task_id) == c.fence]
+            for task_id, _ in back:
+                del fenced[task_id]
+        if not back:
+            return finished
+        for task_id, _ in back:
+            held.pop(task_id, None)
+        try:
+            self.app.store.release(self.node_id or 0, back)
+        except StoreError as exc:
+            log.warning("could not hand back stopped attempts: %s", exc)
+        gone = {task_id for task_id, _ in back}
+        return [c for c in finished if c.task_id not in gone]
 
     def _target(self) -> int:
         """How many tasks to hold: the slots, plus ~20 ms of work queued."""
@@ -387,6 +444,8 @@ class Node:
     ) -> None:
         """Start queued tasks on free slots, in order, skipping those whose
         resources are not free yet (smaller tasks go ahead meanwhile)."""
+        if self._cut_off():
+            return  # their leases may be gone: start nothing until a heartbeat passes
         if not waiting or pool.free() <= 0:
             return
         free = self._free(pool.running(), pool)
@@ -452,6 +511,7 @@ class Node:
                 self.app.store.release(self.node_id, orphans)
             except StoreError as exc:
                 log.warning("could not hand back tasks: %s", exc)
+        self._heartbeat_ok = time.monotonic()
         for task_id, task in list(held.items()):
             if still.get(task_id) != task.fence:
                 log.warning("task %d lost (cancelled or lease taken over); stopping it", task_id)

@@ -52,6 +52,7 @@ class Pool(Protocol):
     def start(self, task: ClaimedTask) -> None: ...
     def wait(self, timeout: float) -> list[Completion]: ...
     def kill(self, task_id: int) -> bool: ...
+    def fence(self) -> list[ClaimedTask]: ...
     def running(self) -> list[ClaimedTask]: ...
     def blocked(self) -> set[int]: ...
     def close(self) -> None: ...
@@ -268,6 +269,18 @@ class ProcessPool:
                 return True
         return False
 
+    def fence(self) -> list[ClaimedTask]:
+        """SIGKILL every slot process that runs an attempt; safe to call from
+        another thread while the node's loop is blocked (it changes nothing
+        here: the loop sees the slots die and replaces them)."""
+        stopped = []
+        for proc in list(self._procs):
+            task = proc.task
+            if task is not None:
+                proc.process.kill()
+                stopped.append(task)
+        return stopped
+
     def _stop(self, proc: _Proc) -> None:
         try:
             proc.conn.send_bytes(_encode(["stop"]))
@@ -418,6 +431,11 @@ class ThreadPool:
         slot.inbox.put(None)
         if len(self._threads) < self.slots:
             self._spawn()
+
+    def fence(self) -> list[ClaimedTask]:
+        """Threads cannot be stopped from outside: their attempts run on
+        (their completions are refused if their leases were taken over)."""
+        return []
 
     def kill(self, task_id: int) -> bool:
         for slot in self._threads:
