@@ -33,10 +33,9 @@ def wait_until(app: App, check: Any, timeout: float | None, what: str) -> Any:
         if found is not None:
             return found
         pause = POLL_FAST
-        while not store.changed():
+        while not store.wait_changed(pause):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"{what} did not finish within {timeout} s")
-            time.sleep(pause)
             # Stay quick for a short wait; back off for a long one.
             cap = POLL_SLOW if time.monotonic() - began > POLL_QUICK_FOR else POLL_QUICK
             pause = min(pause * 1.5, cap)

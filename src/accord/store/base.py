@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -328,6 +329,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def changed(self) -> bool:
         """True if another connection committed since the last call (cheap)."""
+
+    def wait_changed(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for :meth:`changed` to turn true.
+        This default sleeps once; a backend that is told of commits wakes at once."""
+        if self.changed():
+            return True
+        time.sleep(timeout)
+        return self.changed()
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -138,6 +138,7 @@ class _Listener:
         self.url = url
         self.count = 0
         self.alive = False
+        self.bumped = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accord-listen", daemon=True)
         self._thread.start()
@@ -148,16 +149,26 @@ class _Listener:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     # Notifications sent while disconnected are lost: count a change.
-                    self.count += 1
+                    self._bump()
                     self.alive = True
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=0.1):
-                            self.count += 1
+                            self._bump()
             except psycopg.Error:
                 pass
             self.alive = False
-            self.count += 1
+            self._bump()
             self._stop.wait(0.2)
+
+    def _bump(self) -> None:
+        with self.bumped:
+            self.count += 1
+            self.bumped.notify_all()
+
+    def wait(self, seen: int | None, timeout: float) -> None:
+        """Return when the count differs from ``seen``, or after ``timeout``."""
+        with self.bumped:
+            self.bumped.wait_for(lambda: self.count != seen, timeout)
 
     def close(self) -> None:
         self._stop.set()
@@ -449,6 +460,16 @@ class PgStore(SqlStore):
         seen = getattr(local, "seen", None)
         local.seen = count
         return seen is None or seen != count
+
+    def wait_changed(self, timeout: float) -> bool:
+        if self.changed():
+            return True
+        listener = self._listener
+        if listener is None or not listener.alive:
+            time.sleep(timeout)
+        else:
+            listener.wait(getattr(self._local, "seen", None), timeout)
+        return self.changed()
 
     # -- faster paths -----------------------------------------------------
     def _candidates(
