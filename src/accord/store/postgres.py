@@ -13,7 +13,7 @@ differently:
 - Time is the server's: every transaction reads ``now()`` once and judges
   leases, delays and deadlines by it, so a node whose clock is wrong neither
   steals leases early nor keeps them too long.
-- Every write transaction sends ``NOTIFY accord`` on commit. A listener thread
+- Every transaction that wrote sends ``NOTIFY accord`` on commit. A listener thread
   counts notifications, and :meth:`changed` answers from that count; while
   the listener is disconnected, :meth:`changed` falls back to polling.
 - When the server is unreachable (restart, network cut), operations retry for
@@ -61,6 +61,19 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 CHANNEL = "accord"
 # Any constant works: it only has to be the same for every accord process.
 _MIGRATION_LOCK = 0x6163636F7264
+# Only transactions that wrote (or locked) rows have a transaction id: a
+# claim that found nothing wakes nobody. The payload names the sending
+# thread, whose own commits do not count as changes for it (as on SQLite,
+# where a connection does not see its own commits in data_version).
+_NOTIFY_AND_COMMIT = (
+    f"SELECT pg_notify('{CHANNEL}', '{{}}') WHERE txid_current_if_assigned() IS NOT NULL; COMMIT"
+)
+
+
+def _sender() -> str:
+    return f"{os.getpid()}.{threading.get_ident()}"
+
+
 _RACES = (
     psycopg.errors.DeadlockDetected,
     psycopg.errors.SerializationFailure,
@@ -127,6 +140,37 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+# A node cut off (or stopped) in the middle of a transaction must not hold
+# its row locks for long: the server ends a transaction idle this long, and
+# both sides probe quiet connections. Settings in the URL take precedence.
+IDLE_IN_TRANSACTION_MS = 2000
+_CLIENT_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+_SERVER_DEFAULTS = {
+    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+}
+
+
+def _with_defaults(params: dict[str, Any], connect_timeout: float) -> str:
+    """The connection string with accord's defaults for what the URL leaves out."""
+    params = dict(params)
+    params.setdefault("connect_timeout", str(max(1, int(connect_timeout))))
+    for key, value in _CLIENT_DEFAULTS.items():
+        params.setdefault(key, value)
+    options = str(params.get("options") or "")
+    extra = [f"-c {key}={value}" for key, value in _SERVER_DEFAULTS.items() if key not in options]
+    params["options"] = " ".join([options, *extra]).strip()
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
 class _Unknown(Exception):
     """The connection failed while COMMIT was in flight."""
 
@@ -139,6 +183,7 @@ class _Listener:
         self.count = 0
         self.alive = False
         self.bumped = threading.Condition()
+        self.own: dict[str, int] = {}  # notifications by sending thread
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accord-listen", daemon=True)
         self._thread.start()
@@ -146,29 +191,35 @@ class _Listener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self.url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     # Notifications sent while disconnected are lost: count a change.
                     self._bump()
                     self.alive = True
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=0.1):
-                            self._bump()
+                        for note in conn.notifies(timeout=0.1):
+                            self._bump(note.payload)
             except psycopg.Error:
                 pass
             self.alive = False
             self._bump()
             self._stop.wait(0.2)
 
-    def _bump(self) -> None:
+    def _bump(self, sender: str = "") -> None:
         with self.bumped:
             self.count += 1
+            if sender:
+                self.own[sender] = self.own.get(sender, 0) + 1
             self.bumped.notify_all()
 
-    def wait(self, seen: int | None, timeout: float) -> None:
-        """Return when the count differs from ``seen``, or after ``timeout``."""
+    def others(self, sender: str) -> int:
+        """How many notifications came from other threads than ``sender``."""
+        return self.count - self.own.get(sender, 0)
+
+    def wait(self, sender: str, seen: int | None, timeout: float) -> None:
+        """Return when others' count differs from ``seen``, or after ``timeout``."""
         with self.bumped:
-            self.bumped.wait_for(lambda: self.count != seen, timeout)
+            self.bumped.wait_for(lambda: self.others(sender) != seen, timeout)
 
     def close(self) -> None:
         self._stop.set()
@@ -220,6 +271,7 @@ class PgStore(SqlStore):
                     "use postgresql://user:password@host:5432/database",
                     url=self.url,
                 )
+        self.dsn = _with_defaults(params, connect_timeout)
         try:
             self._migrate()
         except BaseException:
@@ -243,7 +295,7 @@ class PgStore(SqlStore):
                         self.dsn,
                         min_size=1,
                         max_size=self.pool_size,
-                        kwargs={"autocommit": True, "connect_timeout": int(self.connect_timeout)},
+                        kwargs={"autocommit": True},
                         # A wait for a connection is cut short and retried by
                         # _retrying; the pool itself keeps reconnecting meanwhile.
                         timeout=min(self.connect_timeout, 2.0),
@@ -336,7 +388,7 @@ class PgStore(SqlStore):
                         conn.execute("ROLLBACK")
                     raise
                 try:
-                    conn.execute(f"NOTIFY {CHANNEL}; COMMIT")
+                    conn.execute(_NOTIFY_AND_COMMIT.format(_sender()).encode())
                 except psycopg.OperationalError as exc:
                     if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                         conn.execute("ROLLBACK")
@@ -456,7 +508,7 @@ class PgStore(SqlStore):
             if due:
                 local.polled = now
             return due
-        count = listener.count
+        count = listener.others(_sender())
         seen = getattr(local, "seen", None)
         local.seen = count
         return seen is None or seen != count
@@ -468,7 +520,7 @@ class PgStore(SqlStore):
         if listener is None or not listener.alive:
             time.sleep(timeout)
         else:
-            listener.wait(getattr(self._local, "seen", None), timeout)
+            listener.wait(_sender(), getattr(self._local, "seen", None), timeout)
         return self.changed()
 
     # -- faster paths -----------------------------------------------------

@@ -272,7 +272,9 @@ class Node:
                 )
                 refill = (
                     want > 0
-                    and (look or now >= next_claim)
+                    # results going in may make their dependents ready: claim in
+                    # the same commit rather than look again after it
+                    and (look or flush or now >= next_claim)
                     and (len(waiting) <= max(self.slots, target // 2))
                 )
                 if urgent and not self._stop.is_set():
@@ -324,7 +326,7 @@ class Node:
                         # by free resources). Got none: wait for someone's commit,
                         # or the idle interval.
                         urgent = False
-                        look = bool(claimed)
+                        look = bool(claimed) and len(claimed) >= want
                         next_claim = now + IDLE_CLAIM_INTERVAL
                     elif accepted:
                         # Results recorded without a claim may have made their
@@ -401,9 +403,16 @@ class Node:
         for task_id, _ in back:
             held.pop(task_id, None)
         try:
-            self.app.store.release(self.node_id or 0, back)
+            released = self.app.store.release(self.node_id or 0, back)
         except StoreError as exc:
             log.warning("could not hand back stopped attempts: %s", exc)
+        else:
+            if released < len(back):
+                self.fenced += len(back) - released
+                log.warning(
+                    "%d stopped attempt(s) were lost meanwhile (lease taken over)",
+                    len(back) - released,
+                )
         gone = {task_id for task_id, _ in back}
         return [c for c in finished if c.task_id not in gone]
 
