@@ -330,6 +330,14 @@ class Store(abc.ABC):
     def changed(self) -> bool:
         """True if another connection committed since the last call (cheap)."""
 
+    def work_changed(self) -> bool:
+        """True if tasks may have become ready since the last call: what a
+        node waits for. This default answers as :meth:`changed` does (and
+        shares its state); a backend that tells kinds of commits apart
+        answers only for new work, so idle nodes sleep through others'
+        results."""
+        return self.changed()
+
     def wait_changed(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for :meth:`changed` to turn true.
         This default sleeps once; a backend that is told of commits wakes at once."""

@@ -58,7 +58,8 @@ log = logging.getLogger("accord.store")
 
 MIGRATIONS = migrations("postgresql")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-CHANNEL = "accord"
+CHANNEL = "accord"  # every commit that wrote
+WORK_CHANNEL = "accord_work"  # commits that made tasks ready: what idle nodes wait for
 # Any constant works: it only has to be the same for every accord process.
 _MIGRATION_LOCK = 0x6163636F7264
 # Only transactions that wrote (or locked) rows have a transaction id: a
@@ -66,7 +67,9 @@ _MIGRATION_LOCK = 0x6163636F7264
 # thread, whose own commits do not count as changes for it (as on SQLite,
 # where a connection does not see its own commits in data_version).
 _NOTIFY_AND_COMMIT = (
-    f"SELECT pg_notify('{CHANNEL}', '{{}}') WHERE txid_current_if_assigned() IS NOT NULL; COMMIT"
+    f"SELECT pg_notify('{CHANNEL}', '{{0}}'), "
+    f"CASE WHEN {{1}} THEN pg_notify('{WORK_CHANNEL}', '{{0}}') END "
+    "WHERE txid_current_if_assigned() IS NOT NULL; COMMIT"
 )
 
 
@@ -184,6 +187,8 @@ class _Listener:
         self.alive = False
         self.bumped = threading.Condition()
         self.own: dict[str, int] = {}  # notifications by sending thread
+        self.work = 0  # notifications of new work, and by sending thread
+        self.own_work: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accord-listen", daemon=True)
         self._thread.start()
@@ -192,29 +197,39 @@ class _Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {CHANNEL}; LISTEN {WORK_CHANNEL}")
                     # Notifications sent while disconnected are lost: count a change.
                     self._bump()
                     self.alive = True
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.1):
-                            self._bump(note.payload)
+                            self._bump(note.payload, work=note.channel == WORK_CHANNEL)
             except psycopg.Error:
                 pass
             self.alive = False
             self._bump()
             self._stop.wait(0.2)
 
-    def _bump(self, sender: str = "") -> None:
+    def _bump(self, sender: str = "", *, work: bool | None = None) -> None:
+        """Count a notification (``work`` None: a reconnect, which counts for both)."""
         with self.bumped:
-            self.count += 1
-            if sender:
-                self.own[sender] = self.own.get(sender, 0) + 1
+            if work is not False:
+                self.work += 1
+                if sender:
+                    self.own_work[sender] = self.own_work.get(sender, 0) + 1
+            if work is not True:
+                self.count += 1
+                if sender:
+                    self.own[sender] = self.own.get(sender, 0) + 1
             self.bumped.notify_all()
 
     def others(self, sender: str) -> int:
         """How many notifications came from other threads than ``sender``."""
         return self.count - self.own.get(sender, 0)
+
+    def others_work(self, sender: str) -> int:
+        """The same, for notifications of new work."""
+        return self.work - self.own_work.get(sender, 0)
 
     def wait(self, sender: str, seen: int | None, timeout: float) -> None:
         """Return when others' count differs from ``seen``, or after ``timeout``."""
@@ -388,7 +403,8 @@ class PgStore(SqlStore):
                         conn.execute("ROLLBACK")
                     raise
                 try:
-                    conn.execute(_NOTIFY_AND_COMMIT.format(_sender()).encode())
+                    notify = _NOTIFY_AND_COMMIT.format(_sender(), "true" if tx.work else "false")
+                    conn.execute(notify.encode())
                 except psycopg.OperationalError as exc:
                     if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                         conn.execute("ROLLBACK")
@@ -492,7 +508,7 @@ class PgStore(SqlStore):
         if pool is not None and self._pid == os.getpid():
             pool.close()
 
-    def changed(self) -> bool:
+    def _listening(self) -> _Listener:
         self._get_pool()
         listener = self._listener
         if listener is None:
@@ -500,18 +516,29 @@ class PgStore(SqlStore):
                 if self._listener is None:
                     self._listener = _Listener(self.dsn)
                 listener = self._listener
+        return listener
+
+    def _news(self, count: Callable[[_Listener], int], key: str) -> bool:
+        """Whether ``count`` moved since this thread last asked (``key``)."""
+        listener = self._listening()
         local = self._local
         if not listener.alive:
             # No notifications while disconnected: poll instead.
             now = time.monotonic()
-            due = now - getattr(local, "polled", 0.0) >= _POLL_FALLBACK
+            due = now - getattr(local, "polled_" + key, 0.0) >= _POLL_FALLBACK
             if due:
-                local.polled = now
+                setattr(local, "polled_" + key, now)
             return due
-        count = listener.others(_sender())
-        seen = getattr(local, "seen", None)
-        local.seen = count
-        return seen is None or seen != count
+        value = count(listener)
+        seen = getattr(local, key, None)
+        setattr(local, key, value)
+        return seen is None or seen != value
+
+    def changed(self) -> bool:
+        return self._news(lambda listener: listener.others(_sender()), "seen")
+
+    def work_changed(self) -> bool:
+        return self._news(lambda listener: listener.others_work(_sender()), "seen_work")
 
     def wait_changed(self, timeout: float) -> bool:
         if self.changed():
@@ -524,6 +551,33 @@ class PgStore(SqlStore):
         return self.changed()
 
     # -- faster paths -----------------------------------------------------
+    claimers = 4
+
+    def _lockable(self, c: Conn, ranked: list[Any], limit: int) -> Iterator[Any]:
+        """The ranked candidates that this transaction could lock, in order.
+
+        Candidates are read without locks; only those about to be claimed are
+        locked, ``limit`` at a time in rank order, skipping rows another
+        claimer holds. Locking every candidate would hide a level's best
+        tasks from the other claimers until this commit.
+        """
+        rest = ranked
+        while rest:
+            ids = [r[0] for r in rest]
+            locked = {
+                row[0]
+                for row in c.execute(
+                    "SELECT id FROM tasks WHERE id = ANY(?::bigint[]) AND state = 'ready' "
+                    "ORDER BY array_position(?::bigint[], id) LIMIT ? FOR UPDATE SKIP LOCKED",
+                    (ids, ids, limit),
+                )
+            }
+            if not locked:
+                return
+            last = max(i for i, r in enumerate(rest) if r[0] in locked)
+            yield from (r for r in rest[: last + 1] if r[0] in locked)
+            rest = rest[last + 1 :]
+
     def _candidates(
         self, c: Conn, queue: str, now: float, per_level: int, node: NodeSpec
     ) -> list[Any]:
@@ -550,10 +604,10 @@ class PgStore(SqlStore):
                 "finished_at = ?, lease_expires_at = NULL "
                 "FROM unnest(?::bigint[], ?::bigint[], ?::bytea[]) AS v (id, fence, result) "
                 "WHERE t.id = v.id AND t.fence = v.fence AND t.state = 'running' "
-                "RETURNING t.id, t.run_id, t.deadline_at, t.late), "
+                "RETURNING t.id, t.run_id, t.deadline_at, t.late, t.limit_key), "
                 "counted AS (UPDATE nodes SET completed = completed + "
                 "(SELECT count(*) FROM done) WHERE id = ?) "
-                "SELECT id, run_id, deadline_at, late FROM done",
+                "SELECT id, run_id, deadline_at, late, limit_key FROM done",
                 (
                     tx.now,
                     [done.task_id for done in ok],
@@ -562,8 +616,8 @@ class PgStore(SqlStore):
                     node_id,
                 ),
             ).fetchall()
-            for task_id, run_id, deadline_at, late in rows:
-                self._succeeded(tx, task_id, run_id, deadline_at, late)
+            for task_id, run_id, deadline_at, late, limit_key in rows:
+                self._succeeded(tx, task_id, run_id, deadline_at, late, limit_key)
                 accepted.add(task_id)
             self._settle(tx, [(task_id, "succeeded") for task_id in sorted(accepted)])
         others = [

@@ -127,14 +127,16 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 
 
 class _Tx:
-    """One write transaction: its connection, its clock and the runs it touched."""
+    """One write transaction: its connection, its clock, the runs it touched,
+    and whether it made tasks ready (new work for nodes)."""
 
-    __slots__ = ("c", "now", "touched")
+    __slots__ = ("c", "now", "touched", "work")
 
     def __init__(self, c: Conn, now: float) -> None:
         self.c = c
         self.now = now
         self.touched: set[int] = set()
+        self.work = False
 
 
 class SqlStore(Store):
@@ -149,6 +151,7 @@ class SqlStore(Store):
     skip_locked_t = ""
     share_skip_locked = ""  # lock rows no other transaction is changing, skip the rest
     greatest = "max"  # the larger of two values
+    claimers = 1  # claims that may race for the same candidates: read this many batches
     _next_lost_sweep = 0.0  # store time of the next look for lost nodes
     _next_sweep = 0.0  # store time of the next look for expired leases and deadlines
 
@@ -298,6 +301,7 @@ class SqlStore(Store):
                     remaining += 1
             state = "cancelled" if blocked else ("pending" if remaining else "ready")
             states[task_id] = state
+            tx.work = tx.work or state == "ready"
             if blocked:
                 tx.touched.add(run_id)
             rows.append(
@@ -384,9 +388,17 @@ class SqlStore(Store):
             )
 
     def _succeeded(
-        self, tx: _Tx, task_id: int, run_id: int, deadline_at: float | None, late: int
+        self,
+        tx: _Tx,
+        task_id: int,
+        run_id: int,
+        deadline_at: float | None,
+        late: int,
+        limit_key: str | None,
     ) -> None:
         tx.touched.add(run_id)
+        # Its concurrency limit has room again: new work for the other nodes.
+        tx.work = tx.work or limit_key is not None
         if deadline_at is not None and deadline_at < tx.now and not late:
             self._late(tx, task_id, run_id, tx.now - deadline_at, "finished")
 
@@ -396,7 +408,7 @@ class SqlStore(Store):
             row = c.execute(
                 "UPDATE tasks SET state = 'succeeded', result = ?, finished_at = ?, "
                 "lease_expires_at = NULL WHERE id = ? AND fence = ? AND state = 'running' "
-                "RETURNING run_id, deadline_at, late",
+                "RETURNING run_id, deadline_at, late, limit_key",
                 (done.result, tx.now, done.task_id, done.fence),
             ).fetchone()
             if row is None:
@@ -420,6 +432,7 @@ class SqlStore(Store):
             delay = done.retry_delay
             if delay is None:
                 delay = backoff_delay(attempts, backoff, max_backoff)
+            tx.work = True
             c.execute(
                 "UPDATE tasks SET state = 'ready', ready_at = ?, node_id = NULL, "
                 "lease_expires_at = NULL, error = ?, error_type = ?, traceback = ? WHERE id = ?",
@@ -428,6 +441,7 @@ class SqlStore(Store):
             self._event(tx, "retry", run_id, done.task_id, f"{done.error} (next in {delay:.2f}s)")
         else:
             self._fail(tx, done.task_id, run_id, done.error, done.error_type, done.traceback)
+            tx.work = True  # a concurrency limit it held may have room now
         return True
 
     def _fail(
@@ -519,6 +533,7 @@ class SqlStore(Store):
                     )
                     ended.append((dep_id, "succeeded"))
                 elif done_state == "succeeded":
+                    tx.work = True
                     c.execute(
                         "UPDATE tasks SET state = 'ready', deps_remaining = 0, "
                         f"ready_at = {self.greatest}(ready_at, ?) WHERE id = ?",
@@ -644,7 +659,7 @@ class SqlStore(Store):
         node = node or NodeSpec()
         policy = policy or DEFAULT_POLICY
         free = dict(free) if free is not None else None
-        per_level = limit + 16
+        per_level = limit * self.claimers + 16
         candidates = self._candidates(c, queue, now, per_level, node)
         if not candidates:
             return []
@@ -759,31 +774,10 @@ class SqlStore(Store):
         return candidates
 
     def _lockable(self, c: Conn, ranked: list[Any], limit: int) -> Iterator[Any]:
-        """The ranked candidates that this transaction could lock, in order.
-
-        Candidates are read without locks; only those about to be claimed are
-        locked, a few at a time, skipping rows another claimer holds. Locking
-        every candidate would hide a level's best tasks from the other claimers
-        until this commit, and they would take worse ones meanwhile.
-        """
-        if not self.skip_locked:  # the writer holds the whole database
-            yield from ranked
-            return
-        start = 0
-        while start < len(ranked):
-            batch = ranked[start : start + limit]
-            start += len(batch)
-            where, param = self._ids_in("id", [r[0] for r in batch])
-            locked = {
-                row[0]
-                for row in c.execute(
-                    f"SELECT id FROM tasks WHERE {where} AND state = 'ready'{self.skip_locked}",
-                    (param,),
-                )
-            }
-            for r in batch:
-                if r[0] in locked:
-                    yield r
+        """The ranked candidates this transaction may claim, in order. Here the
+        writer holds the whole database, so all of them; a backend whose
+        claimers run side by side locks them as it goes (see PgStore)."""
+        yield from ranked
 
     @staticmethod
     def _next_level(c: Conn, queue: str, req: str, priority: int) -> tuple[str, int] | None:
@@ -959,6 +953,7 @@ class SqlStore(Store):
                 )
                 failed = True
             else:
+                tx.work = True
                 c.execute(
                     "UPDATE tasks SET state = 'ready', node_id = NULL, lease_expires_at = NULL, "
                     "attempts = attempts - 1, losses = ?, error = ?, "
@@ -999,6 +994,7 @@ class SqlStore(Store):
         def body(tx: _Tx) -> int:
             released = 0
             for task_id, fence in held:
+                tx.work = True
                 row = tx.c.execute(
                     "UPDATE tasks SET state = 'ready', node_id = NULL, lease_expires_at = NULL, "
                     "attempts = attempts - 1, started_at = NULL "

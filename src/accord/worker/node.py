@@ -331,7 +331,7 @@ class Node:
                     elif accepted:
                         # Results recorded without a claim may have made their
                         # dependents ready; this node's own commit does not show
-                        # in store.changed(), so look at once.
+                        # in store.work_changed(), so look at once.
                         look = True
                     if claimed:
                         last_activity = now
@@ -350,7 +350,7 @@ class Node:
                         ran = held.get(completion.task_id)
                         if ran is not None and ran.priority > done_top:
                             done_top = ran.priority
-                if store.changed():
+                if store.work_changed():
                     look = True
                     if waiting and now >= next_probe:
                         next_probe = now + PROBE_INTERVAL
