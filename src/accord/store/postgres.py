@@ -553,31 +553,6 @@ class PgStore(SqlStore):
     # -- faster paths -----------------------------------------------------
     claimers = 4
 
-    def _lockable(self, c: Conn, ranked: list[Any], limit: int) -> Iterator[Any]:
-        """The ranked candidates that this transaction could lock, in order.
-
-        Candidates are read without locks; only those about to be claimed are
-        locked, ``limit`` at a time in rank order, skipping rows another
-        claimer holds. Locking every candidate would hide a level's best
-        tasks from the other claimers until this commit.
-        """
-        rest = ranked
-        while rest:
-            ids = [r[0] for r in rest]
-            locked = {
-                row[0]
-                for row in c.execute(
-                    "SELECT id FROM tasks WHERE id = ANY(?::bigint[]) AND state = 'ready' "
-                    "ORDER BY array_position(?::bigint[], id) LIMIT ? FOR UPDATE SKIP LOCKED",
-                    (ids, ids, limit),
-                )
-            }
-            if not locked:
-                return
-            last = max(i for i, r in enumerate(rest) if r[0] in locked)
-            yield from (r for r in rest[: last + 1] if r[0] in locked)
-            rest = rest[last + 1 :]
-
     def _candidates(
         self, c: Conn, queue: str, now: float, per_level: int, node: NodeSpec
     ) -> list[Any]:

@@ -669,37 +669,28 @@ class SqlStore(Store):
             return policy.key(Candidate(r[0], r[1], r[2], r[3], r[4], r[5]), now, speed)
 
         candidates.sort(key=rank)
-        picked: list[int] = []
         needs_by_id: dict[int, dict[str, float]] = {}
         limits: dict[str, _LimitState | None] = {}
-        for r in self._lockable(c, candidates, limit):
-            needs = needs_of(json.loads(r[6]) if r[6] else None)
-            # ``free`` may be scaled up for prefetch; a task needing more than
-            # the node has at all could never start there: leave it ready.
-            if free is not None and not (fits(needs, free) and node.can_hold(needs)):
-                continue
-            if r[7] is not None and not self._limit_allows(tx, r[7], limits):
-                continue
-            picked.append(r[0])
-            needs_by_id[r[0]] = needs
-            if free is not None:
-                for kind, amount in needs.items():
-                    free[kind] = free.get(kind, 0.0) - amount
-            if len(picked) >= limit:
-                break  # before locking another batch
+        rows: list[Any] = []
+        rest = candidates
+        while rest and len(rows) < limit:
+            picked, rest = self._pick(tx, rest, limit - len(rows), free, node, limits, needs_by_id)
+            if not picked:
+                break
+            taken = self._take(c, picked, node_id, now + lease_ttl, now)
+            rows += taken
+            if len(taken) == len(picked):
+                break
+            # Another claimer holds some of them: their resources are free again.
+            got = {row[0] for row in taken}
+            for task_id in picked:
+                if task_id not in got and free is not None:
+                    for kind, amount in needs_by_id[task_id].items():
+                        free[kind] = free.get(kind, 0.0) + amount
         self._save_limits(tx, limits)
-        if not picked:
+        if not rows:
             return []
-        where, param = self._ids_in("id", picked)
-        rows = c.execute(
-            "UPDATE tasks SET state = 'running', node_id = ?, attempts = attempts + 1, "
-            f"fence = fence + 1, lease_expires_at = ?, started_at = ? WHERE {where} "
-            "AND state = 'ready' "
-            "RETURNING id, run_id, name, args, fence, attempts, max_attempts, timeout, size, "
-            "n_deps, priority, deadline_at, late",
-            (node_id, now + lease_ttl, now, param),
-        ).fetchall()
-        order = {task_id: i for i, task_id in enumerate(picked)}
+        order = {r[0]: i for i, r in enumerate(candidates)}
         rows.sort(key=lambda r: order[r[0]])
         inputs: dict[int, list[bytes | None]] = {}
         with_deps = [row[0] for row in rows if row[9]]
@@ -773,11 +764,53 @@ class SqlStore(Store):
                 candidates.append(r[:8])
         return candidates
 
-    def _lockable(self, c: Conn, ranked: list[Any], limit: int) -> Iterator[Any]:
-        """The ranked candidates this transaction may claim, in order. Here the
-        writer holds the whole database, so all of them; a backend whose
-        claimers run side by side locks them as it goes (see PgStore)."""
-        yield from ranked
+    def _pick(
+        self,
+        tx: _Tx,
+        ranked: list[Any],
+        want: int,
+        free: dict[str, float] | None,
+        node: NodeSpec,
+        limits: dict[str, _LimitState | None],
+        needs_by_id: dict[int, dict[str, float]],
+    ) -> tuple[list[int], list[Any]]:
+        """Up to ``want`` ranked candidates that fit the node's free resources
+        and their limits, and the candidates not looked at yet."""
+        picked: list[int] = []
+        for i, r in enumerate(ranked):
+            needs = needs_of(json.loads(r[6]) if r[6] else None)
+            # ``free`` may be scaled up for prefetch; a task needing more than
+            # the node has at all could never start there: leave it ready.
+            if free is not None and not (fits(needs, free) and node.can_hold(needs)):
+                continue
+            if r[7] is not None and not self._limit_allows(tx, r[7], limits):
+                continue
+            picked.append(r[0])
+            needs_by_id[r[0]] = needs
+            if free is not None:
+                for kind, amount in needs.items():
+                    free[kind] = free.get(kind, 0.0) - amount
+            if len(picked) >= want:
+                return picked, ranked[i + 1 :]
+        return picked, []
+
+    def _take(
+        self, c: Conn, picked: list[int], node_id: int, lease_until: float, now: float
+    ) -> list[Any]:
+        """Claim the picked tasks that are still ready. Where claimers run side
+        by side, only rows no other claimer holds are locked and taken: the
+        others are skipped, never waited for (and only what is taken is
+        locked, so the rest stay visible to the other claimers)."""
+        where, param = self._ids_in("id", picked)
+        return c.execute(
+            "UPDATE tasks SET state = 'running', node_id = ?, attempts = attempts + 1, "
+            "fence = fence + 1, lease_expires_at = ?, started_at = ? "
+            f"WHERE id IN (SELECT id FROM tasks WHERE {where} AND state = 'ready'"
+            f"{self.skip_locked}) AND state = 'ready' "
+            "RETURNING id, run_id, name, args, fence, attempts, max_attempts, timeout, size, "
+            "n_deps, priority, deadline_at, late",
+            (node_id, lease_until, now, param),
+        ).fetchall()
 
     @staticmethod
     def _next_level(c: Conn, queue: str, req: str, priority: int) -> tuple[str, int] | None:
