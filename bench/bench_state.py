@@ -1,4 +1,5 @@
-"""Benchmark of the state store and messaging on the embedded (SQLite) store.
+"""Benchmark of the state store and messaging on the embedded (SQLite) store
+(or on a PostgreSQL server).
 
 Prints, with durable commits (WAL, synchronous=FULL), each figure with the
 floor it must meet where the issue sets one:
@@ -12,7 +13,10 @@ floor it must meet where the issue sets one:
   process and a receiver process), one message per call and in batches;
 - topic messages per second, published and received end to end.
 
-    python bench/bench_state.py [--quick]
+    python bench/bench_state.py [--quick] [--postgresql URL]
+
+With ``--postgresql`` the same figures are taken on a PostgreSQL server (each
+in a new database made there); the floors are the embedded store's.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import accord
 
@@ -193,8 +198,19 @@ def topic_rate(url: str, count: int, batch: int) -> float:
     return count / elapsed
 
 
-def _fresh(folder: Path, name: str) -> str:
-    url = f"sqlite:///{folder / name}.db"
+def _fresh(folder: Path, name: str, server: str | None = None) -> str:
+    """A new, empty store: an SQLite file in ``folder``, or a new database on
+    the PostgreSQL ``server`` (a URL naming a database to connect to)."""
+    if server is None:
+        url = f"sqlite:///{folder / name}.db"
+    else:
+        import psycopg
+
+        dbname = f"accord_bench_{name}_{os.getpid()}"
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {dbname}")
+            admin.execute(f"CREATE DATABASE {dbname}")
+        url = urlunsplit(urlsplit(server)._replace(path=f"/{dbname}"))
     _app(url).store.close()
     return url
 
@@ -213,65 +229,77 @@ def row(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument(
+        "--postgresql",
+        metavar="URL",
+        help="measure a PostgreSQL server instead (a URL of a database to connect to, "
+        "allowed to create databases)",
+    )
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 3.0
     scale = 1 if not args.quick else 0
-    print(f"accord {accord.__version__}, {os.cpu_count()} CPUs, SQLite WAL synchronous=FULL")
+    server: str | None = args.postgresql
+    where = "SQLite WAL synchronous=FULL" if server is None else "PostgreSQL"
+    print(f"accord {accord.__version__}, {os.cpu_count()} CPUs, {where}")
+
+    def fresh(name: str) -> str:
+        return _fresh(folder, name, server)
+
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory(prefix="accord-bench-state-") as tmp:
         folder = Path(tmp)
         lines: list[Callable[[], str]] = [
             lambda: row(
                 "get /s, 1 process",
-                ops_per_second(_fresh(folder, "g1"), "get", 1, seconds),
+                ops_per_second(fresh("g1"), "get", 1, seconds),
                 "ops/s",
                 GET_FLOOR,
             ),
             lambda: row(
                 "get /s, 4 processes",
-                ops_per_second(_fresh(folder, "g4"), "get", 4, seconds),
+                ops_per_second(fresh("g4"), "get", 4, seconds),
                 "ops/s",
             ),
             lambda: row(
                 "put /s, 1 process",
-                ops_per_second(_fresh(folder, "p1"), "put", 1, seconds),
+                ops_per_second(fresh("p1"), "put", 1, seconds),
                 "ops/s",
                 PUT_FLOOR_1,
             ),
             lambda: row(
                 "put /s, 4 processes (sum)",
-                ops_per_second(_fresh(folder, "p4"), "put", 4, seconds),
+                ops_per_second(fresh("p4"), "put", 4, seconds),
                 "ops/s",
                 PUT_FLOOR_4,
             ),
             lambda: row(
                 "compare-and-set /s, 1 process",
-                ops_per_second(_fresh(folder, "c1"), "cas", 1, seconds),
+                ops_per_second(fresh("c1"), "cas", 1, seconds),
                 "ops/s",
                 PUT_FLOOR_1,
             ),
             lambda: row(
                 "compare-and-set /s, 4 processes (sum)",
-                ops_per_second(_fresh(folder, "c4"), "cas", 4, seconds),
+                ops_per_second(fresh("c4"), "cas", 4, seconds),
                 "ops/s",
                 PUT_FLOOR_4,
             ),
             lambda: row(
                 "contended counter increments /s, 4 processes",
-                ops_per_second(_fresh(folder, "n4"), "counter", 4, seconds),
+                ops_per_second(fresh("n4"), "counter", 4, seconds),
                 "ops/s",
             ),
         ]
         for line in lines:
             print(line(), flush=True)
-        p50, p99 = watch_latency(_fresh(folder, "w"), 500 + 1500 * scale)
+        p50, p99 = watch_latency(fresh("w"), 500 + 1500 * scale)
         print(row("watch delivery latency p50", p50, "ms", WATCH_P50_FLOOR_MS, lower=True))
         print(row("watch delivery latency p99", p99, "ms"))
         count = 2000 + 8000 * scale
         print(
             row(
                 "mailbox sent+acked /s, batches of 100",
-                mailbox_rate(_fresh(folder, "mb"), count, 100),
+                mailbox_rate(fresh("mb"), count, 100),
                 "msg/s",
                 MAILBOX_FLOOR,
             ),
@@ -280,7 +308,7 @@ def main() -> None:
         print(
             row(
                 "mailbox sent+acked /s, one per call",
-                mailbox_rate(_fresh(folder, "m1"), count // 4, 1),
+                mailbox_rate(fresh("m1"), count // 4, 1),
                 "msg/s",
             ),
             flush=True,
@@ -288,7 +316,7 @@ def main() -> None:
         print(
             row(
                 "topic published+received /s, batches of 100",
-                topic_rate(_fresh(folder, "tb"), count, 100),
+                topic_rate(fresh("tb"), count, 100),
                 "msg/s",
             ),
             flush=True,
@@ -296,7 +324,7 @@ def main() -> None:
         print(
             row(
                 "topic published+received /s, one per call",
-                topic_rate(_fresh(folder, "t1"), count // 4, 1),
+                topic_rate(fresh("t1"), count // 4, 1),
                 "msg/s",
             ),
             flush=True,

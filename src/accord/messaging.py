@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from accord import context, serde
 from accord.errors import ConfigError, CorruptedError, PayloadTooLargeError
-from accord.state import _check_int, _check_seconds, check_name
+from accord.state import _check_delay, _check_int, _check_seconds, _check_timeout, check_name
 from accord.store.state_base import Fence, MailboxRow, OutMessage, StateStore, TopicRow
 
 if TYPE_CHECKING:
@@ -218,9 +218,8 @@ class Mailbox:
         waiting at most ``timeout`` seconds for the first."""
         limit = _check_int(max_messages, "max_messages", minimum=1)
         hide = _check_seconds(visibility, "visibility")
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
-            raise ConfigError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = _check_timeout(timeout)
+        deadline = None if wait is None else time.monotonic() + wait
         store = self._store
         while True:
             store.changed()
@@ -259,15 +258,14 @@ class Mailbox:
         for m in messages:
             if m.mailbox.name != self.name:
                 raise ConfigError(f"message {m.id!r} came from {m.mailbox!r}, not from {self!r}")
+        pause = _check_delay(delay, "delay")
         if not messages:
             return []
-        if delay < 0:
-            raise ConfigError(f"delay must be >= 0 seconds, not {delay!r}")
         return self._store.mailbox_settle(
             self.name,
             [(m.seq, m.deliveries) for m in messages],
             ack=ack,
-            delay=delay,
+            delay=pause,
             fence=self._fence(),
         )
 
@@ -284,7 +282,7 @@ class Mailbox:
     def purge_acked(self, older_than: float = DEDUP_WINDOW) -> int:
         """Forget acknowledged messages acknowledged more than ``older_than``
         seconds ago (store-wide); return how many."""
-        return self._store.mailbox_purge(time.time() - older_than)
+        return self._store.mailbox_purge(time.time() - _check_delay(older_than, "older_than"))
 
 
 @dataclass(slots=True, frozen=True)
@@ -358,7 +356,8 @@ class Topic:
 
     def unsubscribe(self, subscriber: str) -> bool:
         """Forget a subscriber's position (it no longer holds back :meth:`trim`)."""
-        return self._store.topic_unsubscribe(self.name, subscriber)
+        name = check_name(subscriber, "subscriber name", limit=MAX_NAME_BYTES)
+        return self._store.topic_unsubscribe(self.name, name)
 
     def subscribers(self) -> dict[str, int]:
         """Each registered subscriber's next offset."""
@@ -412,7 +411,8 @@ class Subscription:
 
     def get(self, timeout: float | None = None) -> TopicMessage | None:
         """The next message, waiting at most ``timeout`` seconds (``None``: no limit)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = _check_timeout(timeout)
+        deadline = None if wait is None else time.monotonic() + wait
         store = self.topic._store
         self.processed = self.offset
         if self.processed - self.committed >= self._batch:

@@ -96,29 +96,41 @@ WATCH_PAGE = 1000
 
 
 def check_name(name: object, what: str, *, limit: int = MAX_KEY_BYTES) -> str:
-    """Validate a key, prefix or name: a non-empty string of valid text, no NUL
-    (PostgreSQL cannot store it), at most ``limit`` UTF-8 bytes."""
+    """Validate a key, prefix or name: a non-empty string of valid text, no NUL,
+    at most ``limit`` UTF-8 bytes. The same names are refused on every backend
+    (:class:`~accord.ConfigError` with ``argument`` = ``what``)."""
     if not isinstance(name, str):
-        raise ConfigError(f"{what} must be a string, not {type(name).__name__} ({name!r})")
+        raise ConfigError(
+            f"{what} must be a string, not {type(name).__name__} ({name!r})", argument=what
+        )
     if not name:
-        raise ConfigError(f"{what} is empty; give a non-empty string")
+        raise ConfigError(f"{what} is empty; give a non-empty string", argument=what)
     _check_text(name, what, limit)
     return name
 
 
 def _check_text(text: str, what: str, limit: int) -> None:
     if "\x00" in text:
-        raise ConfigError(f"{what} {text[:80]!r} contains a NUL character, which is not allowed")
+        # PostgreSQL's text cannot hold NUL and SQLite's can: refused on both,
+        # so that a name works on one backend exactly when it works on the other.
+        raise ConfigError(
+            f"{what} {text[:80]!r} contains a NUL character ('\\x00'), which no accord store "
+            "accepts in names; remove it, or encode the name (hex, base64) first",
+            argument=what,
+        )
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
         raise ConfigError(
-            f"{what} {text[:80]!r} is not valid text (it holds a lone surrogate)"
+            f"{what} {text[:80]!r} is not valid text (it holds a lone surrogate); "
+            "give a string that encodes as UTF-8",
+            argument=what,
         ) from None
     if size > limit:
         raise ConfigError(
             f"{what} {text[:40]!r}... is {size} bytes long, over the limit of {limit} "
-            "(namespace included)"
+            "(namespace included)",
+            argument=what,
         )
 
 
@@ -139,6 +151,29 @@ def _check_seconds(value: object, what: str) -> float:
     if not seconds > 0 or seconds == float("inf"):
         raise ConfigError(f"{what} must be a positive, finite number of seconds, not {value!r}")
     return seconds
+
+
+def _check_delay(value: object, what: str) -> float:
+    """A finite number of seconds >= 0 (never NaN: the backends store it differently)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value < float("inf")
+    ):
+        raise ConfigError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def _check_timeout(value: object, what: str = "timeout") -> float | None:
+    """How long to wait: ``None`` or ``inf`` (no limit), else seconds >= 0; never NaN."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{what} must be a number of seconds >= 0 or None, not {value!r}")
+    seconds = float(value)
+    if not seconds >= 0:
+        raise ConfigError(f"{what} must be a number of seconds >= 0 or None, not {value!r}")
+    return None if seconds == float("inf") else seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +274,13 @@ class State:
 
     def _prefix(self, prefix: object) -> str:
         if not isinstance(prefix, str):
-            raise ConfigError(f"prefix must be a string, not {type(prefix).__name__}")
+            raise ConfigError(
+                f"prefix must be a string, not {type(prefix).__name__}", argument="prefix"
+            )
+        _check_text(prefix, "prefix", MAX_KEY_BYTES)
         full = self.prefix + prefix
-        _check_text(full, "prefix", MAX_KEY_BYTES)
+        if self.prefix:
+            _check_text(full, "prefix", MAX_KEY_BYTES)
         return full
 
     def _rel(self, key: str) -> str:
@@ -693,7 +732,8 @@ class Watch:
 
     def get(self, timeout: float | None = None) -> Change | None:
         """The next change, waiting at most ``timeout`` seconds (``None``: no limit)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = _check_timeout(timeout)
+        deadline = None if wait is None else time.monotonic() + wait
         store = self._state._store
         while not self._closed:
             if self._buffer:
@@ -852,7 +892,8 @@ class _Holder:
         """Wait until the key is free, then take it; return the fencing token."""
         if self.token is not None:
             raise ConflictError(f"{self!r} is held already; release it first")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = _check_timeout(timeout)
+        deadline = None if wait is None else time.monotonic() + wait
         lease = self._state.lease(self.ttl)
         lease.start_keepalive()
         try:

@@ -82,6 +82,22 @@ def writer(url: str, prefix: str, count: str, pause: str) -> None:
                 time.sleep(float(pause))
 
 
+def mixer(url: str, prefix: str, count: str, seed: str) -> None:
+    """Write under ``prefix`` ``count`` times: puts, two-key transactions, deletes."""
+    rng = random.Random(int(seed))
+    with accord.App("st", store=url) as app:
+        state = app.state
+        for i in range(int(count)):
+            a, b = (f"{prefix}{k}" for k in rng.sample(range(12), 2))
+            roll = rng.random()
+            if roll < 0.5:
+                state.put(a, [seed, i])
+            elif roll < 0.8:
+                state.txn().then_put(a, [seed, i]).then_put(b, [seed, i]).commit()
+            else:
+                state.delete(a)
+
+
 def logwriter(url: str, count: str, out: str) -> None:
     """Put ``count`` keys ``g/<pid>/<i>`` and log each acknowledged put."""
     with accord.App("st", store=url) as app:
@@ -113,6 +129,33 @@ def consumer(url: str, mailbox: str, out: str, visibility: str, work: str) -> No
             time.sleep(float(work))
             acked = message.ack()
             _log(out, ev="ack", id=message.id, ok=acked, pid=os.getpid())
+
+
+def grabber(url: str, mailbox: str, out: str, batch: str, work: str) -> None:
+    """Take messages (hidden for a minute) and acknowledge them, until the
+    mailbox stays empty for a second; log each message taken."""
+    with accord.App("st", store=url) as app:
+        box = app.mailbox(mailbox)
+        while True:
+            messages = box.receive_many(int(batch), timeout=1.0, visibility=60)
+            if not messages:
+                return
+            for m in messages:
+                _log(out, id=m.id, delivery=m.deliveries, pid=os.getpid())
+            time.sleep(float(work))
+            assert all(box.ack(messages))
+
+
+def publisher(url: str, topic: str, count: str, tag: str) -> None:
+    """Publish ``<tag><i>`` for i < ``count``, in batches of 1 to 5."""
+    rng = random.Random(tag)
+    with accord.App("st", store=url) as app:
+        target = app.topic(topic)
+        i = 0
+        while i < int(count):
+            n = min(rng.randint(1, 5), int(count) - i)
+            target.publish_many([f"{tag}{j}" for j in range(i, i + n)])
+            i += n
 
 
 def subscriber(url: str, topic: str, name: str, out: str, until: str) -> None:
@@ -151,6 +194,9 @@ if __name__ == "__main__":
     {
         "cas": cas,
         "writer": writer,
+        "mixer": mixer,
+        "grabber": grabber,
+        "publisher": publisher,
         "bank": bank,
         "logwriter": logwriter,
         "watcher": watcher,

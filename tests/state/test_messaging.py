@@ -3,11 +3,11 @@ integrity, offsets, and bad input."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 
 import pytest
+from state_helpers import sql
 
 import accord
 from accord.messaging import MAX_PAYLOAD_BYTES
@@ -131,15 +131,13 @@ def test_bad_messages_are_refused(app: accord.App) -> None:
     assert box.stats()["ready"] == 0 and app.topic("t").offsets() == (0, 0)
 
 
-def test_corrupted_payloads_are_detected(app: accord.App) -> None:
+def test_corrupted_payloads_are_detected(app: accord.App, store_url: str) -> None:
     box, topic = app.mailbox("c"), app.topic("c")
     box.send({"amount": 100})
     topic.publish({"amount": 100})
-    conn = sqlite3.connect(app.store.url.removeprefix("sqlite:///"))
-    with conn:
-        conn.execute("UPDATE mailbox_messages SET payload = X'81a6616d6f756e74cd03e7'")
-        conn.execute("UPDATE topic_messages SET payload = X'81a6616d6f756e74cd03e7'")
-    conn.close()
+    damaged = bytes.fromhex("81a6616d6f756e74cd03e7")
+    sql(store_url, "UPDATE mailbox_messages SET payload = ?", (damaged,))
+    sql(store_url, "UPDATE topic_messages SET payload = ?", (damaged,))
     with pytest.raises(accord.CorruptedError, match="checksum"):
         box.receive(timeout=1)
     with pytest.raises(accord.CorruptedError):

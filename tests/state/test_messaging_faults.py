@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import random
 import signal
-import sqlite3
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from state_helpers import finish, spawn
+from state_helpers import finish, spawn, sql
 
 import accord
 
@@ -64,16 +63,13 @@ def test_m1_receivers_killed_mid_message(app: accord.App, store_url: str, tmp_pa
     assert max(acked.values()) == 1, "a message was acknowledged twice"
     unlogged = set(ids) - set(acked)  # killed between its ack's commit and the log line
     assert len(unlogged) <= kills
-    conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
-    try:
-        open_rows = conn.execute(
-            "SELECT count(*) FROM mailbox_messages WHERE mailbox = 'm1' AND acked_at IS NULL"
-        ).fetchone()[0]
-        redelivered = conn.execute(
-            "SELECT count(*) FROM mailbox_messages WHERE mailbox = 'm1' AND deliveries > 1"
-        ).fetchone()[0]
-    finally:
-        conn.close()
+    [(open_rows,)] = sql(
+        store_url,
+        "SELECT count(*) FROM mailbox_messages WHERE mailbox = 'm1' AND acked_at IS NULL",
+    )
+    [(redelivered,)] = sql(
+        store_url, "SELECT count(*) FROM mailbox_messages WHERE mailbox = 'm1' AND deliveries > 1"
+    )
     assert open_rows == 0
     assert redelivered >= 1, "no kill hit a receiver holding a message"
     duplicated = sum(processed.values()) - count

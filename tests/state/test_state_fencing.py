@@ -3,9 +3,11 @@ attempt that lost its lease is refused and changes nothing."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,6 +132,49 @@ def test_writes_from_an_ended_task_are_refused(app: accord.App) -> None:
     with Attempt(_context(app, task)), pytest.raises(accord.FencedError):
         app.state.put("late", 1)
     assert app.state.get("late") is None
+
+
+def test_a_lease_cannot_end_while_a_fenced_write_commits(
+    app: accord.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fence check holds until the write commits: the task cannot be
+    cancelled (or re-leased) between the check and the commit."""
+    app.store.submit(
+        [NewTask(name="work", queue=app.name, args=serde.dumps([[], {}]))],
+        run=NewRun(app=app.name, name="work"),
+    )
+    task = _claim(app, "n", lease_ttl=30)
+    assert task is not None
+    store = app.store
+    inside, go = threading.Event(), threading.Event()
+    check = store._check_fence  # type: ignore[attr-defined]
+
+    def check_then_pause(c: Any, fence: Any, what: str) -> None:
+        check(c, fence, what)
+        if threading.current_thread().name == "attempt":
+            inside.set()
+            go.wait(10)
+
+    monkeypatch.setattr(store, "_check_fence", check_then_pause)
+    written: list[int] = []
+
+    def write() -> None:
+        with Attempt(_context(app, task)) as ctx:
+            written.append(ctx.state.put("x", 1))
+
+    writer = threading.Thread(target=write, name="attempt")
+    writer.start()
+    assert inside.wait(10)
+    cancel = threading.Thread(target=lambda: store.cancel_tasks([task.id], "stop"))
+    cancel.start()
+    cancel.join(0.5)
+    assert cancel.is_alive(), "the task was cancelled between its fence check and its write"
+    go.set()
+    writer.join(30)
+    cancel.join(30)
+    assert written == [1]
+    with Attempt(_context(app, task)) as ctx, pytest.raises(accord.FencedError):
+        ctx.state.put("y", 2)
 
 
 def test_fences_only_apply_to_the_attempt_s_own_store(

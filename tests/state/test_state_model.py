@@ -1,6 +1,7 @@
 """The state store against a simple in-memory model of the same semantics
 (Hypothesis stateful testing): puts, compare-and-set, multi-key transactions,
-deletes, reads at old revisions, snapshots, rollback, compaction, watches."""
+deletes, reads at old revisions, snapshots, rollback, compaction, watches.
+On SQLite (a file per example) and on PostgreSQL (a schema per example)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 import accord
+import pgserver
 from accord.state import State
 
 KEYS = st.sampled_from(["a", "b", "a/x", "a/y", "b/z", "c"])
@@ -83,10 +86,14 @@ class Model:
 class StateMachine(RuleBasedStateMachine):
     snapshots = Bundle("snapshots")
 
+    def store_url(self) -> str:
+        """A fresh store for one example (an SQLite file here)."""
+        return f"sqlite:///{self.folder}/m.db"
+
     @initialize()
     def open(self) -> None:
         self.folder = tempfile.mkdtemp(prefix="accord-model-")
-        self.app = accord.App("m", store=f"sqlite:///{self.folder}/m.db")
+        self.app = accord.App("m", store=self.store_url())
         self.state: State = self.app.state
         self.model = Model()
         self.names = 0
@@ -265,3 +272,19 @@ StateMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestStateModel = StateMachine.TestCase
+
+
+def test_the_model_on_postgresql(pg_server: pgserver.PgServer) -> None:
+    class OnPostgres(StateMachine):
+        def store_url(self) -> str:
+            return pg_server.schema_url("model")
+
+    run_state_machine_as_test(
+        OnPostgres,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

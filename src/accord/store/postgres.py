@@ -51,6 +51,7 @@ from accord.errors import (
 from accord.scheduling.policy import NodeSpec
 from accord.store.base import Completion, Outcome
 from accord.store.sql import MAX_LEVELS, Conn, Cursor, SqlStore, _Tx, migrations, statements
+from accord.store.sql_state import SqlStateMixin
 
 T = TypeVar("T")
 
@@ -189,6 +190,7 @@ class _Listener:
         self.own: dict[str, int] = {}  # notifications by sending thread
         self.work = 0  # notifications of new work, and by sending thread
         self.own_work: dict[str, int] = {}
+        self.wakers: dict[int, tuple[str, Callable[[], None]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accord-listen", daemon=True)
         self._thread.start()
@@ -217,6 +219,9 @@ class _Listener:
                 self.work += 1
                 if sender:
                     self.own_work[sender] = self.own_work.get(sender, 0) + 1
+                for waiter, wake in list(self.wakers.values()):
+                    if waiter != sender:
+                        wake()
             if work is not True:
                 self.count += 1
                 if sender:
@@ -241,7 +246,7 @@ class _Listener:
         self._thread.join(timeout=1.0)
 
 
-class PgStore(SqlStore):
+class PgStore(SqlStateMixin, SqlStore):
     """The shared store, in one PostgreSQL database (``postgresql://...``)."""
 
     lock = " FOR UPDATE"
@@ -540,6 +545,20 @@ class PgStore(SqlStore):
     def work_changed(self) -> bool:
         return self._news(lambda listener: listener.others_work(_sender()), "seen_work")
 
+    def _end_run(self, tx: _Tx, run_id: int, state: str, error: str | None) -> None:
+        tx.c.execute(
+            "WITH ended AS (UPDATE runs SET state = ?, finished_at = ?, error = ? WHERE id = ? "
+            "RETURNING id) INSERT INTO events (at, run_id, task_id, node_id, kind, detail) "
+            "SELECT ?, id, NULL, NULL, ?, ? FROM ended",
+            (state, tx.now, error, run_id, tx.now, f"run_{state}", error),
+        )
+
+    def on_work(self, wake: Callable[[], None]) -> Callable[[], None]:
+        listener = self._listening()
+        key = id(wake)
+        listener.wakers[key] = (_sender(), wake)
+        return lambda: listener.wakers.pop(key, None) and None
+
     def wait_changed(self, timeout: float) -> bool:
         if self.changed():
             return True
@@ -594,6 +613,9 @@ class PgStore(SqlStore):
             for task_id, run_id, deadline_at, late, limit_key in rows:
                 self._succeeded(tx, task_id, run_id, deadline_at, late, limit_key)
                 accepted.add(task_id)
+            # Not folded into the statement above: a dependent registered by a
+            # transaction that the UPDATE waited for is only seen by a later
+            # statement's snapshot.
             self._settle(tx, [(task_id, "succeeded") for task_id in sorted(accepted)])
         others = [
             self._complete(tx, done) for done in completions if done.outcome is not Outcome.OK

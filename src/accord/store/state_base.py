@@ -1,7 +1,9 @@
 """The storage interface of the state store and of messaging, and its records.
 
-A backend implements :class:`StateStore` next to :class:`~accord.store.Store`
-(the SQLite store mixes in :class:`~accord.store.sqlite_state.SqliteStateMixin`).
+A backend implements :class:`StateStore` next to :class:`~accord.store.Store`:
+both SQL stores mix in :class:`~accord.store.sql_state.SqlStateMixin` (the
+SQLite store through :class:`~accord.store.sqlite_state.SqliteStateMixin`,
+which adds its group commit).
 Above it, :mod:`accord.state` and :mod:`accord.messaging` validate input and
 deal in user values; below it, keys are full physical keys (namespace
 included) and values are serialised bytes.
