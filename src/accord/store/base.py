@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -337,6 +338,12 @@ class Store(abc.ABC):
         answers only for new work, so idle nodes sleep through others'
         results."""
         return self.changed()
+
+    def on_work(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Have ``wake()`` called, from another thread, when another thread
+        commits new work; returns a function that stops it. A backend that is
+        not told of commits never calls it (its nodes poll)."""
+        return lambda: None
 
     def wait_changed(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for :meth:`changed` to turn true.

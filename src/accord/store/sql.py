@@ -611,11 +611,7 @@ class SqlStore(Store):
                 ]
                 for task_id in open_ids:
                     self._cancel_one(tx, task_id, reason)
-                c.execute(
-                    "UPDATE runs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
-                    (root_state, tx.now, root_error, run_id),
-                )
-                self._event(tx, f"run_{root_state}", run_id, None, root_error)
+                self._end_run(tx, run_id, root_state, root_error)
                 continue
             if still_open:
                 continue
@@ -636,11 +632,14 @@ class SqlStore(Store):
                     else "succeeded"
                 )
                 error = None if state == "succeeded" else f"{counts.get(state)} task(s) {state}"
-            c.execute(
-                "UPDATE runs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
-                (state, tx.now, error, run_id),
-            )
-            self._event(tx, f"run_{state}", run_id, None, error)
+            self._end_run(tx, run_id, state, error)
+
+    def _end_run(self, tx: _Tx, run_id: int, state: str, error: str | None) -> None:
+        tx.c.execute(
+            "UPDATE runs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+            (state, tx.now, error, run_id),
+        )
+        self._event(tx, f"run_{state}", run_id, None, error)
 
     def _claim(
         self,

@@ -218,6 +218,8 @@ class Node:
             lease_ttl=self.lease_ttl,
         )
         pool = make_pool(self.mode, self.app, self.slots, node_id)
+        # New work wakes the loop at once where the store is told of commits.
+        unsubscribe = store.on_work(pool.wake)
         serving = threading.Event()
         self._heartbeat_ok = time.monotonic()
         threading.Thread(
@@ -359,6 +361,7 @@ class Node:
             self._drain(pool, held, waiting, done)
         finally:
             serving.set()
+            unsubscribe()
             pool.close()
             try:
                 store.stop_node(node_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import queue
 import select
 import signal
@@ -53,6 +54,7 @@ class Pool(Protocol):
     def wait(self, timeout: float) -> list[Completion]: ...
     def kill(self, task_id: int) -> bool: ...
     def fence(self) -> list[ClaimedTask]: ...
+    def wake(self) -> None: ...
     def running(self) -> list[ClaimedTask]: ...
     def blocked(self) -> set[int]: ...
     def close(self) -> None: ...
@@ -118,6 +120,9 @@ class ProcessPool:
         self._locator = app.locator()
         self._store_url = app.store_url
         self.fatal: str | None = None
+        # wake() writes here, from any thread, to end a wait early.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poll.register(self._wake_r, select.POLLIN)
         for _ in range(slots):
             self._spawn()
 
@@ -177,12 +182,22 @@ class ProcessPool:
             proc.deadline = proc.sent_at + task.timeout
         proc.conn.send_bytes(_encode(task))
 
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except OSError:
+            pass  # the pipe is full (a wake is pending already) or closed
+
     def wait(self, timeout: float) -> list[Completion]:
         done: list[Completion] = []
-        events = self._poll.poll(max(0, int(timeout * 1000))) if self._fds else []
-        if not self._fds:
-            time.sleep(timeout)
+        events = self._poll.poll(max(0, int(timeout * 1000)))
         for fd, _ in events:
+            if fd == self._wake_r:
+                try:
+                    os.read(self._wake_r, 4096)
+                except OSError:
+                    pass
+                continue
             entry = self._fds.get(fd)
             if entry is None:
                 continue  # its process was handled earlier in this loop
@@ -301,6 +316,9 @@ class ProcessPool:
                 proc.process.kill()
         for proc in procs:
             self._stop(proc)
+        self._poll.unregister(self._wake_r)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
 
 @contextlib.contextmanager
@@ -337,7 +355,7 @@ class ThreadPool:
         self.slots = slots
         self.node_id = node_id
         self._threads: list[_Thread] = []
-        self._events: queue.SimpleQueue[tuple[_Thread, str, Any]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[_Thread | None, str, Any]] = queue.SimpleQueue()
         self.fatal: str | None = None
         for _ in range(slots):
             self._spawn()
@@ -386,6 +404,9 @@ class ThreadPool:
         slot.deadline = time.monotonic() + task.timeout if task.timeout else None
         slot.inbox.put(task)
 
+    def wake(self) -> None:
+        self._events.put((None, "wake", None))
+
     def wait(self, timeout: float) -> list[Completion]:
         done: list[Completion] = []
         try:
@@ -394,7 +415,7 @@ class ThreadPool:
             first = None
         while first is not None:
             slot, kind, payload = first
-            if slot in self._threads:
+            if slot is not None and slot in self._threads:
                 if kind == "done":
                     slot.task = None
                     slot.blocked = False
