@@ -288,6 +288,7 @@ class Cluster:
             gen = self._generation[i]
             log = self.log_dir / f"worker{i}.{gen}.log"
             cmd = [
+                *self._prefix(i),
                 sys.executable, "-m", "accord", "worker",
                 "--app", self.app,
                 "--slots", str(int(opts.get("slots", self.slots))),
@@ -302,7 +303,7 @@ class Cluster:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env=self.env,
+                    env=self._env(i),
                     cwd=self.root,
                     start_new_session=True,
                 )
@@ -310,6 +311,14 @@ class Cluster:
             self.workers[i] = worker
             self.history.append(worker)
             return worker
+
+    def _prefix(self, i: int) -> list[str]:
+        """What worker ``i``'s command runs through (it must exec the rest)."""
+        return []
+
+    def _env(self, i: int) -> dict[str, str]:
+        """Worker ``i``'s environment."""
+        return self.env
 
     def worker(self, i: int) -> Worker:
         worker = self.workers[i]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from urllib.parse import quote
 import faultproxy
 import netns
 import pgserver
-from harness import Cluster, Execution, Fault, Worker
+from harness import Cluster, Execution, Fault
 
 
 @dataclass(slots=True)
@@ -175,46 +174,12 @@ class NetCluster(Cluster):
         super().__init__(tmp_path, store_url, n=len(placement), **kwargs)
         self.placement = list(placement)
 
-    def _start(self, i: int, options: Mapping[str, float]) -> Worker:
-        # Cluster._start, with the command run through ``ip netns exec`` (which
-        # execs it: the worker stays a direct child with its own pid) and the
-        # worker's own store URL.
-        with self._lock:
-            old = self.workers[i]
-            if old is not None and old.popen.poll() is None:
-                raise RuntimeError(f"worker {i} is still running")
-            if options:
-                self._options[i] = dict(options)
-            opts = self._options[i]
-            self._generation[i] += 1
-            gen = self._generation[i]
-            log = self.log_dir / f"worker{i}.{gen}.log"
-            ns, url = self.placement[i]
-            cmd = [
-                "ip", "netns", "exec", ns,
-                sys.executable, "-m", "accord", "worker",
-                "--app", self.app,
-                "--slots", str(int(opts.get("slots", self.slots))),
-                "--mode", self.mode,
-                "--lease", str(opts.get("lease", self.lease)),
-                "--grace", str(opts.get("grace", self.grace)),
-                "--name", f"w{i}.{gen}",
-            ]  # fmt: skip
-            env = {**self.env, "ACCORD_STORE": url}
-            with open(log, "wb") as out:
-                popen = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=self.root,
-                    start_new_session=True,
-                )
-            worker = Worker(i, gen, popen, log, time.monotonic())
-            self.workers[i] = worker
-            self.history.append(worker)
-            return worker
+    def _prefix(self, i: int) -> list[str]:
+        # ``ip netns exec`` execs the worker: it stays a direct child with its own pid.
+        return ["ip", "netns", "exec", self.placement[i][0]]
+
+    def _env(self, i: int) -> dict[str, str]:
+        return {**self.env, "ACCORD_STORE": self.placement[i][1]}
 
 
 class FaultLog:

@@ -37,7 +37,7 @@ def sql(store_url: str, statement: str, params: tuple[object, ...] = ()) -> list
         import psycopg
 
         with psycopg.connect(store_url, autocommit=True) as pg:
-            cur = pg.execute(statement.replace("?", "%s"), params)
+            cur = pg.execute(statement.replace("%", "%%").replace("?", "%s"), params)
             return cur.fetchall() if cur.description else []
     conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
     try:

@@ -4,11 +4,9 @@ and SQL run on a test store behind the API's back."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).parent
 WORKERS = HERE / "state_workers.py"
@@ -32,20 +30,3 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> int:
         proc.kill()
         proc.wait()
         raise
-
-
-def sql(store_url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run one statement on the store's database directly (``?`` placeholders),
-    commit, and return its rows (none for a statement that returns none)."""
-    if store_url.startswith("sqlite:"):
-        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
-        try:
-            with conn:
-                return conn.execute(statement, params).fetchall()
-        finally:
-            conn.close()
-    import psycopg
-
-    with psycopg.connect(store_url, autocommit=True) as pg:
-        cur = pg.execute(statement.replace("%", "%%").replace("?", "%s"), params)
-        return cur.fetchall() if cur.description is not None else []

@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
-from state_helpers import sql
 
 import accord
 from accord.messaging import MAX_PAYLOAD_BYTES
+from support import sql
 
 
 def test_send_receive_ack_in_order(app: accord.App) -> None:

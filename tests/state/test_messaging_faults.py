@@ -12,9 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from state_helpers import finish, spawn, sql
+from state_helpers import finish, spawn
 
 import accord
+from support import sql
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:

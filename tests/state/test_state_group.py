@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from state_helpers import finish, spawn, sql
+from state_helpers import finish, spawn
 
 import accord
 from accord import serde
@@ -28,6 +28,7 @@ from accord.store.sqlite_state import (
     _TxnRequest,
 )
 from accord.store.state_base import KvPut
+from support import sql
 
 
 def _park(store: SqliteStore, key: str, value: int) -> tuple[int, int]:

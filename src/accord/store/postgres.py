@@ -50,7 +50,7 @@ from accord.errors import (
 )
 from accord.scheduling.policy import NodeSpec
 from accord.store.base import Completion, Outcome
-from accord.store.sql import MAX_LEVELS, Conn, Cursor, SqlStore, _Tx, migrations, statements
+from accord.store.sql import MAX_LEVELS, Conn, Cursor, SqlStore, _Tx, migrations, upgrade
 from accord.store.sql_state import SqlStateMixin
 
 T = TypeVar("T")
@@ -457,22 +457,7 @@ class PgStore(SqlStateMixin, SqlStore):
             with self._connection() as conn, conn.transaction():
                 # Nodes that start together migrate one at a time.
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                version = self._stored_version(conn)
-                if version == 0:
-                    conn.execute(
-                        "CREATE TABLE accord_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-                    )
-                    conn.execute(
-                        "INSERT INTO accord_meta (key, value) VALUES ('schema_version', '0')"
-                    )
-                for number, script in MIGRATIONS:
-                    if number > version:
-                        for statement in statements(script):
-                            conn.execute(statement)
-                        conn.execute(
-                            "UPDATE accord_meta SET value = %s WHERE key = 'schema_version'",
-                            (str(number),),
-                        )
+                upgrade(_PgConn(conn), self._stored_version(conn), MIGRATIONS)
 
         self._retrying(attempt, "creating or upgrading the schema")
 

@@ -120,6 +120,21 @@ def statements(script: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
+def upgrade(c: Conn, version: int, scripts: list[tuple[int, str]]) -> None:
+    """Bring a store at schema ``version`` (0: empty) up to the last script,
+    inside the caller's transaction."""
+    if version == 0:
+        c.execute("CREATE TABLE accord_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        c.execute("INSERT INTO accord_meta (key, value) VALUES ('schema_version', '0')")
+    for number, script in scripts:
+        if number > version:
+            for statement in statements(script):
+                c.execute(statement)
+            c.execute(
+                "UPDATE accord_meta SET value = ? WHERE key = 'schema_version'", (str(number),)
+            )
+
+
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with full jitter: uniform in [d/2, d], d = base * 2^(n-1)."""
     delay: float = min(cap, base * (2.0 ** max(0, attempt - 1)))

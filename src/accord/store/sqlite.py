@@ -32,7 +32,7 @@ from accord.errors import (
     StoreError,
     StoreURLError,
 )
-from accord.store.sql import Conn, SqlStore, _Tx, migrations, statements
+from accord.store.sql import Conn, SqlStore, _Tx, migrations, upgrade
 from accord.store.sqlite_state import SqliteStateMixin
 
 T = TypeVar("T")
@@ -175,20 +175,7 @@ class SqliteStore(SqliteStateMixin, SqlStore):
         try:
             self._busy(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
-                version = self._stored_version(conn)
-                if version == 0:
-                    conn.execute("CREATE TABLE accord_meta (key TEXT PRIMARY KEY, value TEXT)")
-                    conn.execute(
-                        "INSERT INTO accord_meta (key, value) VALUES ('schema_version', '0')"
-                    )
-                for number, script in MIGRATIONS:
-                    if number > version:
-                        for statement in statements(script):
-                            conn.execute(statement)
-                        conn.execute(
-                            "UPDATE accord_meta SET value = ? WHERE key = 'schema_version'",
-                            (str(number),),
-                        )
+                upgrade(conn, self._stored_version(conn), MIGRATIONS)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
