@@ -9,13 +9,17 @@ By default it starts a throwaway PostgreSQL server (fsync on) from the
 system's binaries, as tests/pgserver.py does; ``--store URL`` uses a server
 of yours instead (each configuration gets a fresh schema in it).
 
-    python bench/bench_postgres.py [--quick] [--nodes 1,2,4] [--store URL]
+    python bench/bench_postgres.py [--quick] [--nodes 1,2,4] [--store URL] [--state]
+
+``--state`` adds bench_state.py's figures (state operations per second) on
+the same server.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -90,6 +94,9 @@ def main() -> None:
     parser.add_argument("--nodes", default="1,2,4", help="node counts to measure, e.g. 1,2,4")
     parser.add_argument("--mode", default="process", choices=["process", "thread"])
     parser.add_argument("--store", help="postgresql:// URL of a server to use (default: start one)")
+    parser.add_argument(
+        "--state", action="store_true", help="also run bench_state.py's figures on this server"
+    )
     args = parser.parse_args()
     sizes = (1000, 2000, 50, 200) if args.quick else (10_000, 50_000, 500, 1000)
     counts = [int(n) for n in args.nodes.split(",")]
@@ -113,6 +120,12 @@ def main() -> None:
         )
         for nodes in counts:
             run(base_url, nodes, sizes, args.mode)
+        if args.state:
+            quick = ["--quick"] if args.quick else []
+            subprocess.run(
+                [sys.executable, str(HERE / "bench_state.py"), "--postgresql", base_url, *quick],
+                check=True,
+            )
     finally:
         if server is not None:
             server.cleanup()
