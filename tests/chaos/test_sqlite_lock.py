@@ -22,7 +22,7 @@ import accord
 from accord.handles import Handle
 from accord.store import SqliteStore
 from apps import chaos
-from harness import Cluster, account, report, snapshot, wait_for
+from harness import Cluster, Fault, account, report, snapshot, wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -114,6 +114,13 @@ def test_q6_writer_killed_holding_the_lock(tmp_path: Path, app: accord.App) -> N
             finally:
                 locker.kill()
                 code = locker.wait(10)
+            # Holding the store for half a lease is a fault for every node: one
+            # that cannot heartbeat for lease - interval stops its attempts
+            # (they run again), so each may hit the tasks then running.
+            held = [
+                Fault("store_locked", i, cluster.pid(i), locked_at, killed_at)
+                for i in range(cluster.n)
+            ]
             acked_before = len(client.acked)
             wait_for(lambda: len(client.acked) >= acked_before + 10, 30, "submits after the kill")
         handles = [h for _, h, _, _ in client.acked]
@@ -132,6 +139,7 @@ def test_q6_writer_killed_holding_the_lock(tmp_path: Path, app: accord.App) -> N
         rows,
         executions,
         expected={h.id: chaos.square(k) for k, h, _, _ in client.acked},
+        faults=held,
         fenced_rejections=fenced,
     )
     with sqlite3.connect(db) as conn:
