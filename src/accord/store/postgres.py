@@ -148,6 +148,7 @@ def redact(url: str) -> str:
 # its row locks for long: the server ends a transaction idle this long, and
 # both sides probe quiet connections. Settings in the URL take precedence.
 IDLE_IN_TRANSACTION_MS = 2000
+PLAN_LIFETIME = 120.0  # seconds a pooled connection (and its prepared plans) lives
 _CLIENT_DEFAULTS = {
     "keepalives": "1",
     "keepalives_idle": "5",
@@ -320,6 +321,10 @@ class PgStore(SqlStateMixin, SqlStore):
                         # _retrying; the pool itself keeps reconnecting meanwhile.
                         timeout=min(self.connect_timeout, 2.0),
                         reconnect_timeout=max(self.retry_for, 60.0),
+                        # Statements are prepared per connection, and a plan made
+                        # while the queue was nearly empty (seq scans) would be
+                        # kept as it grows: new connections plan afresh.
+                        max_lifetime=PLAN_LIFETIME,
                         name="accord",
                         open=True,
                     )

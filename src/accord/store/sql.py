@@ -817,13 +817,14 @@ class SqlStore(Store):
         locked, so the rest stay visible to the other claimers)."""
         where, param = self._ids_in("id", picked)
         return c.execute(
+            f"WITH taken AS (SELECT id FROM tasks WHERE {where} AND state = 'ready'"
+            f"{self.skip_locked}) "
             "UPDATE tasks SET state = 'running', node_id = ?, attempts = attempts + 1, "
             "fence = fence + 1, lease_expires_at = ?, started_at = ? "
-            f"WHERE id IN (SELECT id FROM tasks WHERE {where} AND state = 'ready'"
-            f"{self.skip_locked}) AND state = 'ready' "
+            "WHERE id IN (SELECT id FROM taken) AND state = 'ready' "
             "RETURNING id, run_id, name, args, fence, attempts, max_attempts, timeout, size, "
             "n_deps, priority, deadline_at, late",
-            (node_id, lease_until, now, param),
+            (param, node_id, lease_until, now),
         ).fetchall()
 
     @staticmethod
