@@ -158,6 +158,11 @@ _CLIENT_DEFAULTS = {
 }
 _SERVER_DEFAULTS = {
     "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+    # A queue's tables go from nearly empty to many thousands of rows in
+    # seconds: a generic plan cached while they were small (seq scans) would
+    # be kept and slow every claim several times over. Each execution is
+    # planned for the tables as they are (statements are still parsed once).
+    "plan_cache_mode": "force_custom_plan",
     "tcp_keepalives_idle": "5",
     "tcp_keepalives_interval": "2",
     "tcp_keepalives_count": "3",
