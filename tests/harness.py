@@ -106,6 +106,20 @@ class Execution:
     value: Any = None
 
 
+def finished(key: Any, value: Any, started: dict[str, Any]) -> dict[str, Any]:
+    """Record the attempt's end and return what a recorded task returns: its
+    value with the attempt's identity (``started`` is :func:`record`'s entry)."""
+    record("end", key, value=value)
+    return {
+        "key": key,
+        "value": value,
+        "task_id": started["task_id"],
+        "fence": started["fence"],
+        "attempt": started["attempt"],
+        "pid": started["pid"],
+    }
+
+
 def read_executions(folder: str | os.PathLike[str]) -> list[Execution]:
     """Pair the ``start``/``end`` lines of every recorder file under ``folder``."""
     starts: dict[tuple[int, int, int], dict[str, Any]] = {}

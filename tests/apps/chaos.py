@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import accord
-from harness import record
+from harness import finished, record
 
 app = accord.App("chaos")
 
@@ -29,16 +29,7 @@ def _run(key: Any, seconds: float) -> dict[str, Any]:
 
 
 def _finish(key: Any, started: dict[str, Any]) -> dict[str, Any]:
-    value = square(key) if isinstance(key, int) else key
-    record("end", key, value=value)
-    return {
-        "key": key,
-        "value": value,
-        "task_id": started["task_id"],
-        "fence": started["fence"],
-        "attempt": started["attempt"],
-        "pid": started["pid"],
-    }
+    return finished(key, square(key) if isinstance(key, int) else key, started)
 
 
 def square(key: int) -> int:

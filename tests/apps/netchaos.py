@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import accord
-from harness import record
+from harness import finished, record
 
 app = accord.App("netchaos")
 
@@ -20,18 +20,6 @@ app = accord.App("netchaos")
 def square(key: int) -> int:
     """The value a ``step`` must return for ``key``."""
     return key * key + 1
-
-
-def _result(key: Any, value: Any, started: dict[str, Any]) -> dict[str, Any]:
-    record("end", key, value=value)
-    return {
-        "key": key,
-        "value": value,
-        "task_id": started["task_id"],
-        "fence": started["fence"],
-        "attempt": started["attempt"],
-        "pid": started["pid"],
-    }
 
 
 @app.task(retries=20, backoff=0.05, max_backoff=0.1)
@@ -43,7 +31,7 @@ def step(key: int, seconds: float, deps: list[dict[str, Any]]) -> dict[str, Any]
             raise ValueError(f"step {key}: dependency {dep['key']} carries {dep['value']!r}")
     if seconds > 0:
         time.sleep(seconds)
-    return _result(key, square(key), started)
+    return finished(key, square(key), started)
 
 
 @app.task(retries=20, backoff=0.05, max_backoff=0.1)
@@ -57,4 +45,4 @@ def ticker(key: Any, seconds: float, every: float = 0.05) -> dict[str, Any]:
         record("tick", key, n=n)
         n += 1
         time.sleep(every)
-    return _result(key, key, started)
+    return finished(key, key, started)

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+import accord
 import netns
 import pgserver
+from apps import netchaos
 from netharness import Topology
+from support import bind
 
 
 def _skip_reason() -> str | None:
@@ -58,3 +61,13 @@ def _restore(topo: Topology) -> None:
     assert topo.pg is not None
     if not topo.pg.running:
         topo.pg.start()
+
+
+@pytest.fixture
+def app(net: Topology) -> Iterator[accord.App]:
+    """tests/apps/netchaos.py's app on a fresh database of the hub's server."""
+    bind(netchaos.app, net.local_url(net.create_database("net")))
+    try:
+        yield netchaos.app
+    finally:
+        netchaos.app.close()

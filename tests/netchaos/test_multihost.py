@@ -21,7 +21,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from accord.store.base import Completion, Outcome
 from apps import netchaos
 from harness import Fault, account, report, snapshot
 from netharness import FaultLog, NetCluster, Topology, finish_times, recovery_times
-from support import bind, sql
+from support import sql
 
 pytestmark = [pytest.mark.root, pytest.mark.chaos]
 
@@ -44,16 +43,6 @@ WIDTH, DEPTH = 100, 20  # 2,000 tasks
 STEP_S = 0.08  # 2,000 x 80 ms on 6 slots: >= 27 s, so every fault lands mid-run
 SEED = 20261125
 BUDGET_S = 150.0
-
-
-@pytest.fixture
-def app(net: Topology) -> Iterator[accord.App]:
-    db = net.create_database("multi")
-    bind(netchaos.app, net.local_url(db))
-    try:
-        yield netchaos.app
-    finally:
-        netchaos.app.close()
 
 
 def _submit_dag(app: accord.App) -> tuple[list[accord.Handle[Any]], list[int]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -34,7 +33,7 @@ from netharness import (
     read_ticks,
     window_excess,
 )
-from support import bind, sql
+from support import sql
 
 pytestmark = [pytest.mark.root, pytest.mark.chaos]
 
@@ -49,16 +48,6 @@ def _self_fenced(logs: str) -> bool:
 
 
 HOST_OF = {"w0": "n1 (lossy, flapping)", "w1": "n2 (lossy)", "w2": "n3 (clean)"}
-
-
-@pytest.fixture
-def app(net: Topology) -> Iterator[accord.App]:
-    db = net.create_database("part")
-    bind(netchaos.app, net.local_url(db))
-    try:
-        yield netchaos.app
-    finally:
-        netchaos.app.close()
 
 
 def _db(app: accord.App) -> str:

@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 
 import accord
-from accord.store.postgres import PgStore
 from harness import report
 from netharness import Topology
 
@@ -92,8 +91,6 @@ class Clients:
 
 @pytest.fixture
 def app(net: Topology) -> Iterator[accord.App]:
-    if not all(hasattr(PgStore, m) for m in ("kv_txn", "kv_history", "mailbox_send")):
-        pytest.skip("the PostgreSQL store has no state store or mailboxes yet")
     db = net.create_database("state")
     with accord.App("netst", store=net.local_url(db)) as bound:
         yield bound

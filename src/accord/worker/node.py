@@ -245,7 +245,6 @@ class Node:
         done_top = MIN_PRIORITY  # the highest priority among ``done``
         next_claim = 0.0
         next_heartbeat = time.monotonic() + self.heartbeat_interval
-        last_heartbeat = time.monotonic()
         last_activity = time.monotonic()
         try:
             while True:
@@ -257,7 +256,7 @@ class Node:
                 # First, before anything that may loop back: a busy node and a
                 # node whose store fails must both keep heartbeating (or fence).
                 if now >= next_heartbeat:
-                    last_heartbeat = self._heartbeat(pool, held, waiting, last_heartbeat)
+                    self._heartbeat(pool, held, waiting)
                     next_heartbeat = now + self.heartbeat_interval
                 self._dispatch(pool, waiting, dispatched, now)
                 target = self._target()
@@ -493,26 +492,23 @@ class Node:
                 self.spec.speed = 0.9 * self.spec.speed + 0.1 * (task.size / took)
 
     def _heartbeat(
-        self,
-        pool: Pool,
-        held: dict[int, ClaimedTask],
-        waiting: deque[ClaimedTask],
-        last_ok: float,
-    ) -> float:
+        self, pool: Pool, held: dict[int, ClaimedTask], waiting: deque[ClaimedTask]
+    ) -> None:
         assert self.node_id is not None
         try:
             still = self.app.store.heartbeat(
                 self.node_id, self.lease_ttl, len(held), speed=self.spec.speed
             )
         except StoreError as exc:
-            if time.monotonic() - last_ok > self.lease_ttl - self.heartbeat_interval:
-                # Another node may take these tasks soon: stop their side effects now.
+            if self._cut_off():
+                # Another node may take these tasks soon: drop them here too (the
+                # watchdog stops process slots, but cannot stop slot threads).
                 log.error("no heartbeat for too long (%s); stopping all attempts", exc)
                 for task_id in list(held):
                     pool.kill(task_id)
                 held.clear()
                 waiting.clear()
-            return last_ok
+            return
         orphans = [(task_id, fence) for task_id, fence in still.items() if task_id not in held]
         if orphans:
             # Claimed by a commit whose answer was lost (the connection broke
@@ -533,7 +529,6 @@ class Node:
                         waiting.remove(task)
                     except ValueError:
                         pass
-        return time.monotonic()
 
     def _drain(
         self,
