@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from accord import serde
+from accord.scheduling.policy import FifoPolicy
 from accord.store import open_store
 from accord.store.base import Completion, NewRun, NewTask, Outcome, Store
 from harness import report
@@ -305,3 +306,29 @@ def test_q11_idempotent_submit_race(store_url: str, backend: str, seed: int) -> 
     assert not split, {k: got[k] for k in split}
     assert per_key == {f"race-{seed}-{k}": 1 for k in range(keys)}
     assert runs == keys, f"{runs} runs for {keys} keys: a losing submit left its run behind"
+
+
+@pytest.mark.parametrize("policy", [None, FifoPolicy()], ids=["cost", "fifo"])
+def test_a_held_task_keeps_lower_priorities_back(pg_url: str, policy: FifoPolicy | None) -> None:
+    """G10 on PostgreSQL: a claimer skips a ready task that another
+    transaction holds (as a run's end check does) rather than wait for it. It
+    must not take work of lower priority in its place: that work would jump
+    ahead. Under FIFO, which promises no priority order, it takes it."""
+    import psycopg
+
+    with open_store(pg_url) as store:
+        _, (low,) = store.submit([_new_task(0)], run=NewRun(app=QUEUE, name="low"))
+        _, (high,) = store.submit(
+            [NewTask(name="storm", queue=QUEUE, args=serde.dumps([[1], {}]), priority=5)],
+            run=NewRun(app=QUEUE, name="high"),
+        )
+        node = store.register_node(
+            name="n", host="test", pid=1, queue=QUEUE, slots=2, mode="thread", capabilities=[]
+        )
+        with psycopg.connect(pg_url) as holder:
+            holder.execute("SELECT id FROM tasks WHERE id = %s FOR SHARE", (high,))
+            _, claimed = store.exchange(node, [], queue=QUEUE, claim=2, lease_ttl=30, policy=policy)
+            assert [t.id for t in claimed] == ([] if policy is None else [low])
+            holder.rollback()
+        _, claimed = store.exchange(node, [], queue=QUEUE, claim=2, lease_ttl=30, policy=policy)
+        assert [t.id for t in claimed] == ([high, low] if policy is None else [high])

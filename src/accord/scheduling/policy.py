@@ -41,7 +41,13 @@ class Candidate:
 
 @runtime_checkable
 class Policy(Protocol):
-    """Orders candidates: the smallest key is claimed first."""
+    """Orders candidates: the smallest key is claimed first.
+
+    A policy may also set ``priority_first = False`` (default ``True``) when
+    its order does not put higher priorities first: then a claim that finds a
+    picked task held by another transaction (on PostgreSQL) goes on with the
+    lower priorities instead of leaving them for a moment.
+    """
 
     name: str
 
@@ -87,6 +93,7 @@ class FifoPolicy:
     """First ready, first served; priorities ignored."""
 
     name = "fifo"
+    priority_first = False
 
     def key(self, task: Candidate, now: float, speed: float) -> tuple[float, ...]:
         return (task.ready_at, task.id)

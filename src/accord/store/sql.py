@@ -590,9 +590,13 @@ class SqlStore(Store):
         """
         c = tx.c
         for run_id in sorted(tx.touched):
+            # A ready task is locked only when nothing else keeps the run open:
+            # claimers skip what is locked, and would pass it over.
             row = c.execute(
                 "SELECT r.state, t.state, EXISTS (SELECT 1 FROM tasks o WHERE o.run_id = r.id "
-                f"AND o.state IN {_OPEN_STATES} LIMIT 1{self.share_skip_locked}) "
+                f"AND o.state IN ('pending', 'running') LIMIT 1{self.share_skip_locked}) "
+                "OR EXISTS (SELECT 1 FROM tasks o WHERE o.run_id = r.id "
+                f"AND o.state = 'ready' LIMIT 1{self.share_skip_locked}) "
                 "FROM runs r LEFT JOIN tasks t ON t.id = r.root_task_id WHERE r.id = ?",
                 (run_id,),
             ).fetchone()
@@ -683,6 +687,8 @@ class SqlStore(Store):
             return policy.key(Candidate(r[0], r[1], r[2], r[3], r[4], r[5]), now, speed)
 
         candidates.sort(key=rank)
+        by_priority = getattr(policy, "priority_first", True)
+        priority_of = {r[0]: r[1] for r in candidates}
         needs_by_id: dict[int, dict[str, float]] = {}
         limits: dict[str, _LimitState | None] = {}
         rows: list[Any] = []
@@ -691,16 +697,23 @@ class SqlStore(Store):
             picked, rest = self._pick(tx, rest, limit - len(rows), free, node, limits, needs_by_id)
             if not picked:
                 break
-            taken = self._take(c, picked, node_id, now + lease_ttl, now)
+            taken = self._take(c, picked, node_id, now + lease_ttl, now, by_priority)
             rows += taken
             if len(taken) == len(picked):
                 break
-            # Another claimer holds some of them: their resources are free again.
+            # Another transaction holds some of them: their resources are free
+            # again, and nothing of lower priority may take their place.
             got = {row[0] for row in taken}
-            for task_id in picked:
-                if task_id not in got and free is not None:
+            missed = [task_id for task_id in picked if task_id not in got]
+            for task_id in missed:
+                if free is not None:
                     for kind, amount in needs_by_id[task_id].items():
                         free[kind] = free.get(kind, 0.0) + amount
+            if by_priority:
+                floor = max(priority_of[task_id] for task_id in missed)
+                rest = [r for r in rest if r[1] >= floor]
+                # What was held may be free again once its holder commits.
+                tx.work = True
         self._save_limits(tx, limits)
         if not rows:
             return []
@@ -809,16 +822,37 @@ class SqlStore(Store):
         return picked, []
 
     def _take(
-        self, c: Conn, picked: list[int], node_id: int, lease_until: float, now: float
+        self,
+        c: Conn,
+        picked: list[int],
+        node_id: int,
+        lease_until: float,
+        now: float,
+        by_priority: bool,
     ) -> list[Any]:
         """Claim the picked tasks that are still ready. Where claimers run side
-        by side, only rows no other claimer holds are locked and taken: the
-        others are skipped, never waited for (and only what is taken is
-        locked, so the rest stay visible to the other claimers)."""
+        by side, only rows no other transaction holds are locked and taken:
+        the others are skipped, never waited for (and only what is taken is
+        locked, so the rest stay visible to the other claimers). With
+        ``by_priority``, a held task also keeps back the picks of lower
+        priority than its own: they must not jump ahead of it."""
         where, param = self._ids_in("id", picked)
+        if not (self.skip_locked and by_priority):
+            # (On SQLite the one writer never finds a row held by another.)
+            taken = f"SELECT id FROM tasks WHERE {where} AND state = 'ready'{self.skip_locked}"
+        else:
+            taken = (
+                f"WITH picks AS (SELECT id, priority FROM tasks WHERE {where} "
+                "AND state = 'ready'), "
+                "locked AS (SELECT id, priority FROM tasks WHERE id IN (SELECT id FROM picks) "
+                f"AND state = 'ready'{self.skip_locked}), "
+                "held AS (SELECT max(priority) AS priority FROM picks "
+                "WHERE id NOT IN (SELECT id FROM locked)) "
+                "SELECT l.id FROM locked l, held h "
+                "WHERE h.priority IS NULL OR l.priority >= h.priority"
+            )
         return c.execute(
-            f"WITH taken AS (SELECT id FROM tasks WHERE {where} AND state = 'ready'"
-            f"{self.skip_locked}) "
+            f"WITH taken AS ({taken}) "
             "UPDATE tasks SET state = 'running', node_id = ?, attempts = attempts + 1, "
             "fence = fence + 1, lease_expires_at = ?, started_at = ? "
             "WHERE id IN (SELECT id FROM taken) AND state = 'ready' "
