@@ -125,7 +125,12 @@ class _PgConn:
         self.conn = conn
 
     def execute(self, sql: str, params: Any = (), /) -> Cursor:
-        return self.conn.execute(_pg(sql), params)
+        # Statements are prepared once used a few times, and their plans kept;
+        # but one over an array of ids is planned for each array: a plan made
+        # for a handful of ids would be kept for a claim of hundreds, and make
+        # it a hundred times slower.
+        prepare = False if any(type(p) is list for p in params) else None
+        return self.conn.execute(_pg(sql), params, prepare=prepare)
 
     def executemany(self, sql: str, params: Iterable[Any], /) -> Any:
         with self.conn.cursor() as cur:
@@ -158,11 +163,6 @@ _CLIENT_DEFAULTS = {
 }
 _SERVER_DEFAULTS = {
     "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
-    # A queue's tables go from nearly empty to many thousands of rows in
-    # seconds: a generic plan cached while they were small (seq scans) would
-    # be kept and slow every claim several times over. Each execution is
-    # planned for the tables as they are (statements are still parsed once).
-    "plan_cache_mode": "force_custom_plan",
     "tcp_keepalives_idle": "5",
     "tcp_keepalives_interval": "2",
     "tcp_keepalives_count": "3",
