@@ -116,6 +116,9 @@ def _pg(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+_COMPLETED = ("task_id", "fence", "result")  # the columns of a batch of results
+
+
 class _PgConn:
     """A psycopg connection that speaks the shared SQL's placeholders."""
 
@@ -460,6 +463,8 @@ class PgStore(SqlStateMixin, SqlStore):
         )
 
     def _ids_in(self, column: str, ids: list[int]) -> tuple[str, Any]:
+        if len(ids) == 1:
+            return f"{column} = ?::bigint", ids[0]  # a plan that can be kept
         return f"{column} = ANY(?::bigint[])", list(ids)
 
     def _migrate(self) -> None:
@@ -588,22 +593,21 @@ class PgStore(SqlStateMixin, SqlStore):
         ok = [done for done in completions if done.outcome is Outcome.OK]
         accepted: set[int] = set()
         if ok:
+            if len(ok) == 1:  # a plan that can be kept
+                values = "(VALUES (?::bigint, ?::bigint, ?::bytea))"
+                given: tuple[Any, ...] = (ok[0].task_id, ok[0].fence, ok[0].result)
+            else:
+                values = "unnest(?::bigint[], ?::bigint[], ?::bytea[])"
+                given = tuple([getattr(done, f) for done in ok] for f in _COMPLETED)
             rows = tx.c.execute(
                 "WITH done AS (UPDATE tasks AS t SET state = 'succeeded', result = v.result, "
-                "finished_at = ?, lease_expires_at = NULL "
-                "FROM unnest(?::bigint[], ?::bigint[], ?::bytea[]) AS v (id, fence, result) "
+                f"finished_at = ?, lease_expires_at = NULL FROM {values} AS v (id, fence, result) "
                 "WHERE t.id = v.id AND t.fence = v.fence AND t.state = 'running' "
                 "RETURNING t.id, t.run_id, t.deadline_at, t.late, t.limit_key), "
                 "counted AS (UPDATE nodes SET completed = completed + "
                 "(SELECT count(*) FROM done) WHERE id = ?) "
                 "SELECT id, run_id, deadline_at, late, limit_key FROM done",
-                (
-                    tx.now,
-                    [done.task_id for done in ok],
-                    [done.fence for done in ok],
-                    [done.result for done in ok],
-                    node_id,
-                ),
+                (tx.now, *given, node_id),
             ).fetchall()
             for task_id, run_id, deadline_at, late, limit_key in rows:
                 self._succeeded(tx, task_id, run_id, deadline_at, late, limit_key)
