@@ -169,6 +169,38 @@ def test_exchange_claims_completes_and_settles(store: SqlStore) -> None:
     assert [n.completed for n in store.nodes()] == [2]
 
 
+def test_a_claim_only_if_work_is_left_out_unless_there_is_some(store: SqlStore) -> None:
+    """``only_if_work`` (the node saw no sign of new work): the claim is left
+    out, unless the results going in make tasks ready or the node's last
+    claim left tasks it could not take then."""
+    node = _node(store, "n1")
+    (a,) = store.submit([_task("square", 1)], run=NewRun(app="flows", name="a"))[1]
+    claim = {"queue": "flows", "lease_ttl": 30, "only_if_work": True}
+    # nothing said there was work: the ready task stays where it is
+    assert store.exchange(node, [], claim=1, **claim) == ([], [])  # type: ignore[arg-type]
+    assert store.task(a).state is TaskState.READY
+    (ta,) = store.exchange(node, [], queue="flows", claim=1, lease_ttl=30)[1]
+    # a result that makes its dependent ready claims it in the same commit
+    dependent = _task("add_all")
+    dependent.deps = [a]
+    _, (b,) = store.submit([dependent], run=NewRun(app="flows", name="b"))
+    accepted, claimed = store.exchange(node, [_ok(a, ta.fence, 1)], claim=1, **claim)  # type: ignore[arg-type]
+    assert accepted == [True] and [t.id for t in claimed] == [b]
+    # a claim cut short by the node's free resources leaves work behind for later
+    wide = [_task("square", i, resources={"cpu": 1.0}) for i in range(2)]
+    _, (c, d) = store.submit(wide, run=NewRun(app="flows", name="c"))
+    (tc,) = store.exchange(node, [], queue="flows", claim=2, lease_ttl=30, free={"cpu": 1})[1]
+    assert tc.id == c
+    accepted, claimed = store.exchange(
+        node,
+        [_ok(c, tc.fence, 1)],
+        claim=2,
+        free={"cpu": 1},
+        **claim,  # type: ignore[arg-type]
+    )
+    assert accepted == [True] and [t.id for t in claimed] == [d]
+
+
 def test_stale_fence_is_refused_and_changes_nothing(store: SqlStore) -> None:
     run_id, (task_id,) = store.submit(
         [_task("square", 4, max_attempts=3)], run=NewRun(app="flows", name="x")

@@ -242,12 +242,16 @@ class Store(abc.ABC):
         node: NodeSpec | None = None,
         free: dict[str, float] | None = None,
         policy: Policy | None = None,
+        only_if_work: bool = False,
     ) -> tuple[list[bool], list[ClaimedTask]]:
         """Record ``completions`` and claim up to ``claim`` tasks, in one commit.
 
         Claimed tasks are those ``node`` can run (capabilities), that fit in
         ``free`` resources and pass their concurrency and rate limits, in
         ``policy`` order (default :class:`~accord.scheduling.CostPolicy`).
+        With ``only_if_work`` (the node saw no sign of new work), the claim is
+        left out unless this commit makes tasks ready or the node's last claim
+        left tasks it could not take then (resources, limits, rows held).
         Returns, for each completion, whether it was accepted (``False``: the
         attempt was fenced off), and the newly claimed tasks in policy order.
         """

@@ -274,6 +274,7 @@ class PgStore(SqlStateMixin, SqlStore):
         connect_timeout: float = 10.0,
         retry_for: float = 30.0,
     ) -> None:
+        super().__init__()
         self.dsn = url
         self.url = redact(url)
         self.pool_size = pool_size

@@ -170,6 +170,11 @@ class SqlStore(Store):
     _next_lost_sweep = 0.0  # store time of the next look for lost nodes
     _next_sweep = 0.0  # store time of the next look for expired leases and deadlines
 
+    def __init__(self) -> None:
+        # Nodes (of this process) whose last claim left ready tasks they may
+        # take later: they claim again when their results go in.
+        self._left_behind: set[int] = set()
+
     @abc.abstractmethod
     def _write(self, body: Callable[[_Tx], T]) -> T:
         """Run ``body`` in one write transaction and commit; run it again if
@@ -220,16 +225,20 @@ class SqlStore(Store):
                 existing = self._idempotent(c, tasks[0])
                 if existing is not None:
                     return existing
+            new_ids = None
             if run is not None:
+                # The tasks' ids are taken first, so the run names its root at once.
+                new_ids = self._new_task_ids(c, len(tasks)) if parent is None else None
+                root = new_ids[0] if new_ids and run.rooted else None
                 run_id = c.execute(
-                    "INSERT INTO runs (app, name, state, created_at) VALUES (?, ?, 'running', ?) "
-                    "RETURNING id",
-                    (run.app, run.name, tx.now),
+                    "INSERT INTO runs (app, name, state, created_at, root_task_id) "
+                    "VALUES (?, ?, 'running', ?, ?) RETURNING id",
+                    (run.app, run.name, tx.now, root),
                 ).fetchone()[0]
             if run_id is None:
                 raise ValueError("submit needs a run, a run_id or a parent")
-            ids = self._insert_tasks(tx, run_id, tasks, parent[0] if parent else None)
-            if run is not None and run.rooted and tasks:
+            ids = self._insert_tasks(tx, run_id, tasks, parent[0] if parent else None, new_ids)
+            if new_ids is None and run is not None and run.rooted and tasks:
                 c.execute("UPDATE runs SET root_task_id = ? WHERE id = ?", (ids[0], run_id))
             if not tasks:
                 tx.touched.add(run_id)  # an empty run has ended already
@@ -261,9 +270,15 @@ class SqlStore(Store):
         return row[1], [row[0]]
 
     def _insert_tasks(
-        self, tx: _Tx, run_id: int, tasks: list[NewTask], parent_id: int | None
+        self,
+        tx: _Tx,
+        run_id: int,
+        tasks: list[NewTask],
+        parent_id: int | None,
+        new_ids: list[int] | None = None,
     ) -> list[int]:
-        """Write a batch of tasks in a few statements, whatever its size."""
+        """Write a batch of tasks in a few statements, whatever its size
+        (``new_ids``: ids taken for them already)."""
         c = tx.c
         ids: list[int | None] = [None] * len(tasks)
         states: dict[int, str] = {}
@@ -284,7 +299,9 @@ class SqlStore(Store):
                     ids[i] = task_id
                     states[task_id] = states_of
         fresh = [i for i, task_id in enumerate(ids) if task_id is None]
-        for i, task_id in zip(fresh, self._new_task_ids(c, len(fresh)), strict=True):
+        if new_ids is None:
+            new_ids = self._new_task_ids(c, len(fresh))
+        for i, task_id in zip(fresh, new_ids, strict=True):
             ids[i] = task_id
         known: list[int] = [task_id for task_id in ids if task_id is not None]
         deps_of = [[known[-d - 1] if d < 0 else d for d in task.deps] for task in tasks]
@@ -377,12 +394,13 @@ class SqlStore(Store):
         node: NodeSpec | None = None,
         free: dict[str, float] | None = None,
         policy: Policy | None = None,
+        only_if_work: bool = False,
     ) -> tuple[list[bool], list[ClaimedTask]]:
         def body(tx: _Tx) -> tuple[list[bool], list[ClaimedTask]]:
             accepted = self._complete_all(tx, node_id, completions) if completions else []
             self._finish_runs(tx)
             claimed = []
-            if claim > 0:
+            if claim > 0 and (not only_if_work or tx.work or node_id in self._left_behind):
                 claimed = self._claim(tx, node_id, queue, claim, lease_ttl, node, free, policy)
             return accepted, claimed
 
@@ -679,6 +697,7 @@ class SqlStore(Store):
         free = dict(free) if free is not None else None
         per_level = limit * self.claimers + 16
         candidates = self._candidates(c, queue, now, per_level, node)
+        self._left_behind.discard(node_id)
         if not candidates:
             return []
         speed = node.speed
@@ -715,6 +734,8 @@ class SqlStore(Store):
                 # What was held may be free again once its holder commits.
                 tx.work = True
         self._save_limits(tx, limits)
+        if len(rows) < len(candidates):
+            self._left_behind.add(node_id)
         if not rows:
             return []
         order = {r[0]: i for i, r in enumerate(candidates)}

@@ -72,6 +72,7 @@ class SqliteStore(SqliteStateMixin, SqlStore):
     """The embedded store, in one SQLite file (``sqlite:///path``)."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+        super().__init__()
         self.path = str(path)
         self.url = f"sqlite:///{self.path}"
         self.busy_timeout = busy_timeout

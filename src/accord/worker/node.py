@@ -301,6 +301,9 @@ class Node:
                                 (target + (self.slots if urgent else 0)) / self.slots,
                             ),
                             policy=self.app.policy,
+                            # Nothing says there is new work: claim only if these
+                            # results make some (a round trip saved per result).
+                            only_if_work=not (look or urgent or now >= next_claim),
                         )
                     except StoreError as exc:
                         log.warning("store unavailable, retrying: %s", exc)
