@@ -36,13 +36,20 @@ import accord  # noqa: E402
 import apps  # noqa: E402
 
 
-def fresh_schema(url: str) -> str:
-    """A new empty schema on the server at ``url``, and a URL that uses it."""
+def fresh_schema(url: str) -> tuple[str, str]:
+    """A new empty schema on the server at ``url``, its name, and a URL that uses it."""
     name = f"bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{name}"')
     joiner = "&" if "?" in url else "?"
-    return f"{url}{joiner}options=-csearch_path%3D{name}"
+    return name, f"{url}{joiner}options=-csearch_path%3D{name}"
+
+
+def drop_schema(url: str, name: str) -> None:
+    """Drop a configuration's schema, so that autovacuum does not clean up
+    after it while the next one is measured."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 def bind(url: str) -> accord.App:
@@ -65,7 +72,7 @@ def wait_for_nodes(app: accord.App, count: int, timeout: float = 60.0) -> None:
 
 def run(base_url: str, nodes: int, sizes: tuple[int, int, int, int], mode: str) -> None:
     small, large, trips, width = sizes
-    url = fresh_schema(base_url)
+    schema, url = fresh_schema(base_url)
     app = bind(url)
     app.store.schema_version()  # create the schema before the nodes race to
     procs = [start_node(url, mode) for _ in range(nodes)]
@@ -93,6 +100,7 @@ def run(base_url: str, nodes: int, sizes: tuple[int, int, int, int], mode: str) 
         for proc in procs:
             stop_node(proc)
         app.close()
+        drop_schema(base_url, schema)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -199,6 +200,48 @@ def test_a_claim_only_if_work_is_left_out_unless_there_is_some(store: SqlStore) 
         **claim,  # type: ignore[arg-type]
     )
     assert accepted == [True] and [t.id for t in claimed] == [d]
+
+
+def test_has_ready_sees_only_tasks_that_could_be_claimed_now(store: SqlStore) -> None:
+    assert not store.has_ready("flows")
+    store.submit([_task("square", 1, delay=60.0)], run=NewRun(app="flows", name="later"))
+    assert not store.has_ready("flows")  # delayed: not claimable yet
+    assert not store.has_ready("other")
+    (a,) = store.submit([_task("square", 2)], run=NewRun(app="flows", name="now"))[1]
+    assert store.has_ready("flows")
+    node = _node(store, "n1")
+    (claimed,) = store.exchange(node, [], queue="flows", claim=2, lease_ttl=30)[1]
+    assert claimed.id == a
+    assert not store.has_ready("flows")
+
+
+def test_another_store_sees_changes_and_new_work(store_url: str) -> None:
+    """What waiting nodes and clients rely on: a store is told (or finds by
+    looking) that another thread committed, and whether that made new work.
+    A store that first only asked about new work sees the rest too."""
+
+    def elsewhere(write: Callable[[SqlStore], object]) -> None:
+        thread = threading.Thread(target=write, args=(writer,))
+        thread.start()
+        thread.join()
+
+    with open_store(store_url) as watcher, open_store(store_url) as writer:
+        while watcher.work_changed():  # settle: the first calls count a change
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        elsewhere(lambda s: s.submit([_task("square", 1)], run=NewRun(app="flows", name="x")))
+        while not watcher.work_changed():
+            assert time.monotonic() < deadline, "the new ready task was not seen as work"
+            time.sleep(0.02)
+        while watcher.changed():
+            time.sleep(0.2)
+        elsewhere(
+            lambda s: s.register_node(
+                name="w", host="t", pid=2, queue="flows", slots=1, mode="thread", capabilities=[]
+            )
+        )
+        while not watcher.wait_changed(0.2):
+            assert time.monotonic() < deadline, "the other thread's commit was not seen"
 
 
 def test_stale_fence_is_refused_and_changes_nothing(store: SqlStore) -> None:

@@ -411,3 +411,40 @@ def test_process_nodes_show_their_capabilities_and_resources(
             os.killpg(worker.pid, 9)
             worker.wait(10)
     assert worker.returncode == 0, log.read_text()
+
+
+def _empty_claims(app: accord.App, monkeypatch: pytest.MonkeyPatch, *, turns: bool) -> int:
+    """Claims that came back empty while three idle nodes served 30 tasks,
+    one at a time: a measure of how many nodes rush at each new task."""
+    if not turns:
+        monkeypatch.setattr(accord.Node, "_find_rank", lambda self: None)
+    empty = 0
+    exchange = app.store.exchange
+
+    def counting(*args: object, **kw: object) -> object:
+        nonlocal empty
+        accepted, claimed = exchange(*args, **kw)  # type: ignore[arg-type]
+        # (a claim only if there is work is mostly left out: not counted)
+        empty += bool(kw.get("claim")) and not kw.get("only_if_work") and not claimed
+        return accepted, claimed
+
+    monkeypatch.setattr(app.store, "exchange", counting)
+    with serving(*(app.node(mode="thread", slots=1) for _ in range(3))):
+        time.sleep(0.3)
+        before = empty
+        for i in range(30):
+            s.nap.submit(i).result(timeout=30)
+    monkeypatch.undo()
+    return empty - before
+
+
+def test_idle_nodes_take_turns_at_new_work(
+    app: accord.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New work wakes every idle node, but the first by id claims at once and
+    the others only look, later, whether some is left: far fewer claims come
+    back empty than when every node claims (the negative control)."""
+    rushing = _empty_claims(app, monkeypatch, turns=False)
+    turns = _empty_claims(app, monkeypatch, turns=True)
+    assert rushing >= 30, rushing  # most tasks set both other nodes claiming
+    assert turns <= rushing / 2, (turns, rushing)

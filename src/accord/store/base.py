@@ -263,6 +263,11 @@ class Store(abc.ABC):
         """Extend the leases this node holds; return ``{task_id: fence}`` still held."""
 
     @abc.abstractmethod
+    def has_ready(self, queue: str) -> bool:
+        """Whether the queue has a task that could be claimed now (its
+        ``ready_at`` passed): one read, cheaper than a claim."""
+
+    @abc.abstractmethod
     def best_ready_priority(self, queue: str) -> int | None:
         """The highest priority among the queue's ready tasks that are eligible
         now (``ready_at`` passed), a cheap read."""

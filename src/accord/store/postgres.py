@@ -189,10 +189,15 @@ class _Unknown(Exception):
 
 
 class _Listener:
-    """Counts NOTIFYs on the accord channel, reconnecting when the server goes."""
+    """Counts NOTIFYs on accord's channels, reconnecting when the server goes.
+
+    It listens only on the channels that this process has asked about: a
+    node waits for new work alone, and is not woken by every commit.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.channels: frozenset[str] = frozenset()  # asked about, see listen()
         self.count = 0
         self.alive = False
         self.bumped = threading.Condition()
@@ -204,15 +209,26 @@ class _Listener:
         self._thread = threading.Thread(target=self._run, name="accord-listen", daemon=True)
         self._thread.start()
 
+    def listen(self, channel: str) -> None:
+        """Count the notifications of ``channel`` too (from the listener's next
+        turn, at most 0.1 s away; it counts a change then)."""
+        if channel not in self.channels:
+            with self.bumped:
+                self.channels = self.channels | {channel}
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}; LISTEN {WORK_CHANNEL}")
-                    # Notifications sent while disconnected are lost: count a change.
-                    self._bump()
-                    self.alive = True
+                    listening: frozenset[str] = frozenset()
                     while not self._stop.is_set():
+                        if self.channels != listening:
+                            listening = self.channels
+                            conn.execute("; ".join(f"LISTEN {c}" for c in sorted(listening)))
+                            # Notifications sent before (or while disconnected)
+                            # were missed: count a change.
+                            self._bump()
+                            self.alive = True
                         for note in conn.notifies(timeout=0.1):
                             self._bump(note.payload, work=note.channel == WORK_CHANNEL)
             except psycopg.Error:
@@ -463,6 +479,9 @@ class PgStore(SqlStateMixin, SqlStore):
             )
         )
 
+    def _clock(self) -> tuple[str, tuple[float, ...]]:
+        return "extract(epoch FROM now())::float8", ()  # the server's, not this host's
+
     def _ids_in(self, column: str, ids: list[int]) -> tuple[str, Any]:
         if len(ids) == 1:
             return f"{column} = ?::bigint", ids[0]  # a plan that can be kept
@@ -514,7 +533,7 @@ class PgStore(SqlStateMixin, SqlStore):
         if pool is not None and self._pid == os.getpid():
             pool.close()
 
-    def _listening(self) -> _Listener:
+    def _listening(self, channel: str) -> _Listener:
         self._get_pool()
         listener = self._listener
         if listener is None:
@@ -522,11 +541,12 @@ class PgStore(SqlStateMixin, SqlStore):
                 if self._listener is None:
                     self._listener = _Listener(self.dsn)
                 listener = self._listener
+        listener.listen(channel)
         return listener
 
-    def _news(self, count: Callable[[_Listener], int], key: str) -> bool:
+    def _news(self, count: Callable[[_Listener], int], key: str, channel: str) -> bool:
         """Whether ``count`` moved since this thread last asked (``key``)."""
-        listener = self._listening()
+        listener = self._listening(channel)
         local = self._local
         if not listener.alive:
             # No notifications while disconnected: poll instead.
@@ -541,10 +561,12 @@ class PgStore(SqlStateMixin, SqlStore):
         return seen is None or seen != value
 
     def changed(self) -> bool:
-        return self._news(lambda listener: listener.others(_sender()), "seen")
+        return self._news(lambda listener: listener.others(_sender()), "seen", CHANNEL)
 
     def work_changed(self) -> bool:
-        return self._news(lambda listener: listener.others_work(_sender()), "seen_work")
+        return self._news(
+            lambda listener: listener.others_work(_sender()), "seen_work", WORK_CHANNEL
+        )
 
     def _end_run(self, tx: _Tx, run_id: int, state: str, error: str | None) -> None:
         tx.c.execute(
@@ -555,7 +577,7 @@ class PgStore(SqlStateMixin, SqlStore):
         )
 
     def on_work(self, wake: Callable[[], None]) -> Callable[[], None]:
-        listener = self._listening()
+        listener = self._listening(WORK_CHANNEL)
         key = id(wake)
         listener.wakers[key] = (_sender(), wake)
         return lambda: listener.wakers.pop(key, None) and None

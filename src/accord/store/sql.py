@@ -954,7 +954,23 @@ class SqlStore(Store):
                     (state.tokens, tx.now, key),
                 )
 
+    def _clock(self) -> tuple[str, tuple[float, ...]]:
+        """The store's time (Unix seconds) in SQL, and its parameters."""
+        return "?", (time.time(),)
+
+    def has_ready(self, queue: str) -> bool:
+        clock, now = self._clock()
+        return bool(
+            self._read(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE queue = ? AND state = 'ready' "
+                f"AND ready_at <= {clock})",
+                (queue, *now),
+            )[0][0]
+        )
+
     def best_ready_priority(self, queue: str) -> int | None:
+        clock, now = self._clock()
+
         def scan(conn: Conn) -> int | None:
             top: int | None = None
             row = conn.execute(
@@ -962,14 +978,13 @@ class SqlStore(Store):
                 "ORDER BY req_key LIMIT 1",
                 (queue,),
             ).fetchone()
-            now = time.time()
             while row is not None:
                 # Only eligible tasks: a delayed task or a retry waiting out its
                 # backoff cannot be claimed yet, so it is not more urgent work.
                 found = conn.execute(
                     "SELECT priority FROM tasks WHERE queue = ? AND state = 'ready' "
-                    "AND req_key = ? AND ready_at <= ? ORDER BY priority DESC LIMIT 1",
-                    (queue, row[0], now),
+                    f"AND req_key = ? AND ready_at <= {clock} ORDER BY priority DESC LIMIT 1",
+                    (queue, row[0], *now),
                 ).fetchone()
                 high = found[0] if found is not None else None
                 if high is not None and (top is None or high > top):

@@ -48,6 +48,11 @@ FLUSH_COUNT = 256
 MIN_PRIORITY = -(2**63)
 # While the local queue is full, look for more urgent work at most this often.
 PROBE_INTERVAL = 0.002
+# New work wakes every node. The first of them (by id) claims at once; the
+# others look whether any is left this much later each, in turn (up to
+# STAGGER_RANKS turns), so that a task does not set every idle node claiming.
+STAGGER = 0.005
+STAGGER_RANKS = 3
 WAIT_FAST = 0.001
 WAIT_SLOW = 0.01
 
@@ -141,6 +146,7 @@ class Node:
         self._heartbeat_ok = time.monotonic()
         self._fence_lock = threading.Lock()
         self._self_fenced: dict[int, int] = {}
+        self._rank = 0  # this node's place among the app's live nodes, by id
 
     # -- lifecycle --------------------------------------------------------
     def start(self) -> None:
@@ -217,6 +223,7 @@ class Node:
             speed=self.spec.speed,
             lease_ttl=self.lease_ttl,
         )
+        self._find_rank()
         pool = make_pool(self.mode, self.app, self.slots, node_id)
         # New work wakes the loop at once where the store is told of commits.
         unsubscribe = store.on_work(pool.wake)
@@ -244,6 +251,7 @@ class Node:
         done_since = 0.0
         done_top = MIN_PRIORITY  # the highest priority among ``done``
         next_claim = 0.0
+        look_at = 0.0  # when to look whether new work is left for this node
         next_heartbeat = time.monotonic() + self.heartbeat_interval
         last_activity = time.monotonic()
         try:
@@ -258,6 +266,9 @@ class Node:
                 if now >= next_heartbeat:
                     self._heartbeat(pool, held, waiting)
                     next_heartbeat = now + self.heartbeat_interval
+                if look_at and now >= look_at:
+                    look_at = 0.0
+                    look = look or self._work_left()
                 self._dispatch(pool, waiting, dispatched, now)
                 target = self._target()
                 want = target - len(waiting) - pool.active()
@@ -340,8 +351,10 @@ class Node:
                     if claimed:
                         last_activity = now
                     continue
-                idle = now - last_activity > 1.0
-                finished = pool.wait(WAIT_SLOW if idle else WAIT_FAST)
+                wait = WAIT_SLOW if now - last_activity > 1.0 else WAIT_FAST
+                if look_at:
+                    wait = max(0.0, min(wait, look_at - now))
+                finished = pool.wait(wait)
                 if finished and self._self_fenced:
                     finished = self._hand_back_fenced(finished, held)
                 if finished:
@@ -355,7 +368,10 @@ class Node:
                         if ran is not None and ran.priority > done_top:
                             done_top = ran.priority
                 if store.work_changed():
-                    look = True
+                    if self._rank == 0:
+                        look = True
+                    elif not (look or look_at):
+                        look_at = now + STAGGER * min(self._rank, STAGGER_RANKS)
                     if waiting and now >= next_probe:
                         next_probe = now + PROBE_INTERVAL
                         best = store.best_ready_priority(self.app.name)
@@ -523,6 +539,7 @@ class Node:
             except StoreError as exc:
                 log.warning("could not hand back tasks: %s", exc)
         self._heartbeat_ok = time.monotonic()
+        self._find_rank()
         for task_id, task in list(held.items()):
             if still.get(task_id) != task.fence:
                 log.warning("task %d lost (cancelled or lease taken over); stopping it", task_id)
@@ -532,6 +549,24 @@ class Node:
                         waiting.remove(task)
                     except ValueError:
                         pass
+
+    def _find_rank(self) -> None:
+        try:
+            peers = [
+                n.id
+                for n in self.app.store.nodes()
+                if n.queue == self.app.name and n.state == "running"
+            ]
+        except StoreError:
+            return
+        self._rank = peers.index(self.node_id) if self.node_id in peers else 0
+
+    def _work_left(self) -> bool:
+        """Whether ready work is left (a read, cheaper than a claim)."""
+        try:
+            return self.app.store.has_ready(self.app.name)
+        except StoreError:
+            return True
 
     def _drain(
         self,
