@@ -275,7 +275,7 @@ class App:
         return Node(self, **options)
 
     def live_nodes(self, within: float = 30.0) -> int:
-        now = time.time()
+        now = self.store.now()
         return sum(
             1
             for n in self.store.nodes()

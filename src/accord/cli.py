@@ -332,7 +332,7 @@ def nodes(
             "state",
             "heartbeat",
         )
-        now = time.time()
+        now = s.now()  # heartbeats are stamped by the store's clock
         for n in s.nodes(include_stopped=all_nodes):
             table.add_row(
                 str(n.id),

@@ -233,7 +233,7 @@ class Mailbox:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return []
-                if next_visible is not None and time.time() >= next_visible:
+                if next_visible is not None and store.now() >= next_visible:
                     break  # a message's visibility ran out: it can be delivered again
                 pause = _wait_pause(
                     pause if deadline is None else min(pause, max(0.0, deadline - now))
@@ -282,7 +282,7 @@ class Mailbox:
     def purge_acked(self, older_than: float = DEDUP_WINDOW) -> int:
         """Forget acknowledged messages acknowledged more than ``older_than``
         seconds ago (store-wide); return how many."""
-        return self._store.mailbox_purge(time.time() - _check_delay(older_than, "older_than"))
+        return self._store.mailbox_purge(self._store.now() - _check_delay(older_than, "older_than"))
 
 
 @dataclass(slots=True, frozen=True)

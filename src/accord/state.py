@@ -764,7 +764,7 @@ class Watch:
         # watchers do, so that a dead owner's keys go away while all is idle.
         store = self._state._store
         expiry = store.kv_status().next_lease_expiry
-        if expiry is not None and expiry < time.time():
+        if expiry is not None and expiry < store.now():
             return store.kv_expire_leases() > 0
         return False
 

@@ -34,6 +34,22 @@ def test_lease_expiry_deletes_its_keys(state: State) -> None:
     assert state.get("presence/b") is None
 
 
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0], ids=["behind", "ahead"])
+def test_expiry_follows_the_stores_clock_not_this_hosts(
+    state: State, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """Q9 for leases: on a host whose clock is an hour off, a key lives as
+    long as its lease by the store's clock (the server's, on PostgreSQL)."""
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew)
+    lease = state.lease(0.5)
+    state.put("k", 1, lease=lease)
+    assert state.value("k") == 1
+    time.sleep(1.0)
+    assert state.get("k") is None
+    assert state.get_prefix("") == []
+
+
 def test_keepalive_and_revoke(state: State) -> None:
     with state.lease(0.3) as lease:
         state.put("k", 1, lease=lease)

@@ -362,6 +362,12 @@ class Store(abc.ABC):
         time.sleep(timeout)
         return self.changed()
 
+    def now(self) -> float:
+        """The store's time (Unix seconds), which leases, expiries and
+        visibility are judged by: this host's clock, or the database
+        server's where hosts share one."""
+        return time.time()
+
     @abc.abstractmethod
     def close(self) -> None: ...
 

@@ -156,6 +156,7 @@ def redact(url: str) -> str:
 # its row locks for long: the server ends a transaction idle this long, and
 # both sides probe quiet connections. Settings in the URL take precedence.
 IDLE_IN_TRANSACTION_MS = 2000
+CLOCK_RESYNC = 60.0  # seconds between readings of the server's clock, at most
 PLAN_LIFETIME = 120.0  # seconds a pooled connection (and its prepared plans) lives
 _CLIENT_DEFAULTS = {
     "keepalives": "1",
@@ -302,6 +303,7 @@ class PgStore(SqlStateMixin, SqlStore):
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._listener: _Listener | None = None
         self._local = threading.local()
+        self._synced: tuple[float, float] | None = None  # (server time, monotonic) then
         try:
             params = psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
@@ -431,6 +433,7 @@ class PgStore(SqlStateMixin, SqlStore):
                 row = cur.fetchone()
                 assert row is not None
                 tx = _Tx(_PgConn(conn), row[0])
+                self._synced = (row[0], time.monotonic())
                 try:
                     result = body(tx)
                 except BaseException:
@@ -478,6 +481,16 @@ class PgStore(SqlStateMixin, SqlStore):
                 (count,),
             )
         )
+
+    def now(self) -> float:
+        # The server's clock, read at most a minute ago (every transaction
+        # reads it) and carried forward on this host's monotonic clock, which
+        # neither drifts much in a minute nor jumps with the wall clock.
+        synced = self._synced
+        if synced is None or time.monotonic() - synced[1] > CLOCK_RESYNC:
+            (server,) = self._read("SELECT extract(epoch FROM now())::float8")[0]
+            synced = self._synced = (server, time.monotonic())
+        return synced[0] + time.monotonic() - synced[1]
 
     def _clock(self) -> tuple[str, tuple[float, ...]]:
         return "extract(epoch FROM now())::float8", ()  # the server's, not this host's

@@ -64,7 +64,6 @@ ends at, a value at an old revision and the compaction point) run in one
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
@@ -449,7 +448,7 @@ class SqlStateMixin(StateStore):
             value, mod_rev, version, create_rev, lease_id, expiry, current = self._read(
                 _GET, (key,)
             )[0]
-            if expiry is not None and expiry < time.time():
+            if expiry is not None and expiry < self.now():
                 self.kv_expire_leases()
                 continue
             if value is None:
@@ -495,7 +494,7 @@ class SqlStateMixin(StateStore):
 
             for _ in range(3):
                 rows, current, expiry = self._snap(read_now)
-                if expiry is None or expiry >= time.time():
+                if expiry is None or expiry >= self.now():
                     break
                 self.kv_expire_leases()
             return rows, current
@@ -563,7 +562,7 @@ class SqlStateMixin(StateStore):
             (fence[0] if fence else None, fence[1] if fence else None, *keys),
         )
         expiry, current, fence_holds = rows[0][6:]
-        if (fence is not None and not fence_holds) or (expiry is not None and expiry < time.time()):
+        if (fence is not None and not fence_holds) or (expiry is not None and expiry < self.now()):
             return None
         seen = {r[0]: _row(r) for r in rows if r[0] is not None}
         failed: list[tuple[KvCompare, Any]] = []
@@ -891,7 +890,7 @@ class SqlStateMixin(StateStore):
             "SELECT id, ttl, expires_at, granted_at, (SELECT count(*) FROM kv "
             "WHERE lease_id = kv_leases.id AND value IS NOT NULL) FROM kv_leases "
             "WHERE id = ? AND expires_at >= ?",
-            (lease_id, time.time()),
+            (lease_id, self.now()),
         )
         return LeaseRow(*rows[0]) if rows else None
 
@@ -949,7 +948,7 @@ class SqlStateMixin(StateStore):
     ) -> tuple[list[MailboxRow], float | None]:
         # Look before writing: an idle receiver only reads (and on PostgreSQL
         # a write would also wake every waiting process).
-        ready = self._read("SELECT 1 " + _MAILBOX_READY + "LIMIT 1", (mailbox, time.time()))
+        ready = self._read("SELECT 1 " + _MAILBOX_READY + "LIMIT 1", (mailbox, self.now()))
         rows: list[Any] = []
         if ready:
 
@@ -1013,7 +1012,7 @@ class SqlStateMixin(StateStore):
         return self._write_if(body)
 
     def mailbox_stats(self, mailbox: str) -> MailboxStats:
-        now = time.time()
+        now = self.now()
         r = self._read(
             "SELECT "
             "count(*) FILTER (WHERE acked_at IS NULL AND visible_at <= ?), "

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -272,6 +273,12 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def changed(self) -> bool:
         """True if another connection committed since the last call (cheap)."""
+
+    def now(self) -> float:
+        """The store's time (Unix seconds), which leases, expiries and
+        visibility are judged by: this host's clock, or the database
+        server's where hosts share one."""
+        return time.time()
 
     # -- keys ---------------------------------------------------------------
     @abc.abstractmethod
