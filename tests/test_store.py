@@ -12,7 +12,7 @@ import pytest
 import accord
 from accord import serde
 from accord.store import open_store, postgres, sqlite
-from accord.store.base import Completion, NewRun, NewTask, Outcome, TaskState
+from accord.store.base import ClaimedTask, Completion, NewRun, NewTask, Outcome, Store, TaskState
 from accord.store.sql import MAX_LEASE_LOSSES, SqlStore
 from accord.store.sqlite import SqliteStore
 from apps import flows as f
@@ -215,17 +215,24 @@ def test_has_ready_sees_only_tasks_that_could_be_claimed_now(store: SqlStore) ->
     assert not store.has_ready("flows")
 
 
+def _elsewhere(store: Store) -> Callable[[Callable[[Store], object]], None]:
+    """Run a write on ``store`` in another thread (a thread's own commits
+    wake nothing of its own)."""
+
+    def run(write: Callable[[Store], object]) -> None:
+        thread = threading.Thread(target=write, args=(store,))
+        thread.start()
+        thread.join()
+
+    return run
+
+
 def test_another_store_sees_changes_and_new_work(store_url: str) -> None:
     """What waiting nodes and clients rely on: a store is told (or finds by
     looking) that another thread committed, and whether that made new work.
     A store that first only asked about new work sees the rest too."""
-
-    def elsewhere(write: Callable[[SqlStore], object]) -> None:
-        thread = threading.Thread(target=write, args=(writer,))
-        thread.start()
-        thread.join()
-
     with open_store(store_url) as watcher, open_store(store_url) as writer:
+        elsewhere = _elsewhere(writer)
         while watcher.work_changed():  # settle: the first calls count a change
             time.sleep(0.2)
         deadline = time.monotonic() + 10
@@ -242,6 +249,32 @@ def test_another_store_sees_changes_and_new_work(store_url: str) -> None:
         )
         while not watcher.wait_changed(0.2):
             assert time.monotonic() < deadline, "the other thread's commit was not seen"
+
+
+def test_a_claim_alone_is_no_news_to_waiting_clients(pg_url: str) -> None:
+    """On PostgreSQL nobody is woken by a claim (nothing waits for one), but
+    by the result that follows."""
+    with open_store(pg_url) as watcher, open_store(pg_url) as node_store:
+        elsewhere = _elsewhere(node_store)
+        node = node_store.register_node(
+            name="n", host="t", pid=1, queue="flows", slots=1, mode="thread", capabilities=[]
+        )
+        elsewhere(lambda s: s.submit([_task("square", 3)], run=NewRun(app="flows", name="x")))
+        while watcher.wait_changed(0.3):
+            pass
+        claimed: list[ClaimedTask] = []
+        elsewhere(
+            lambda s: claimed.extend(s.exchange(node, [], queue="flows", claim=1, lease_ttl=30)[1])
+        )
+        assert len(claimed) == 1
+        assert not watcher.wait_changed(0.5)
+        elsewhere(
+            lambda s: s.exchange(
+                node, [_ok(claimed[0].id, claimed[0].fence, 9)], queue="flows", claim=0,
+                lease_ttl=30,
+            )
+        )  # fmt: skip
+        assert watcher.wait_changed(5)
 
 
 def test_stale_fence_is_refused_and_changes_nothing(store: SqlStore) -> None:

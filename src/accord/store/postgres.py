@@ -59,7 +59,7 @@ log = logging.getLogger("accord.store")
 
 MIGRATIONS = migrations("postgresql")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-CHANNEL = "accord"  # every commit that wrote
+CHANNEL = "accord"  # commits that wrote something one may wait for (not claims alone)
 WORK_CHANNEL = "accord_work"  # commits that made tasks ready: what idle nodes wait for
 # Any constant works: it only has to be the same for every accord process.
 _MIGRATION_LOCK = 0x6163636F7264
@@ -68,7 +68,7 @@ _MIGRATION_LOCK = 0x6163636F7264
 # thread, whose own commits do not count as changes for it (as on SQLite,
 # where a connection does not see its own commits in data_version).
 _NOTIFY_AND_COMMIT = (
-    f"SELECT pg_notify('{CHANNEL}', '{{0}}'), "
+    f"SELECT CASE WHEN {{2}} THEN pg_notify('{CHANNEL}', '{{0}}') END, "
     f"CASE WHEN {{1}} THEN pg_notify('{WORK_CHANNEL}', '{{0}}') END "
     "WHERE txid_current_if_assigned() IS NOT NULL; COMMIT"
 )
@@ -441,7 +441,9 @@ class PgStore(SqlStateMixin, SqlStore):
                         conn.execute("ROLLBACK")
                     raise
                 try:
-                    notify = _NOTIFY_AND_COMMIT.format(_sender(), "true" if tx.work else "false")
+                    notify = _NOTIFY_AND_COMMIT.format(
+                        _sender(), "true" if tx.work else "false", "true" if tx.news else "false"
+                    )
                     conn.execute(notify.encode())
                 except psycopg.OperationalError as exc:
                     if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
@@ -582,6 +584,7 @@ class PgStore(SqlStateMixin, SqlStore):
         )
 
     def _end_run(self, tx: _Tx, run_id: int, state: str, error: str | None) -> None:
+        tx.news = True
         tx.c.execute(
             "WITH ended AS (UPDATE runs SET state = ?, finished_at = ?, error = ? WHERE id = ? "
             "RETURNING id) INSERT INTO events (at, run_id, task_id, node_id, kind, detail) "

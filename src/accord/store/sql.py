@@ -143,15 +143,17 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 
 class _Tx:
     """One write transaction: its connection, its clock, the runs it touched,
-    and whether it made tasks ready (new work for nodes)."""
+    whether it made tasks ready (new work for nodes) and whether it is news
+    to anyone waiting."""
 
-    __slots__ = ("c", "now", "touched", "work")
+    __slots__ = ("c", "news", "now", "touched", "work")
 
     def __init__(self, c: Conn, now: float) -> None:
         self.c = c
         self.now = now
         self.touched: set[int] = set()
-        self.work = False
+        self.work = False  # it made tasks ready: idle nodes may claim them
+        self.news = True  # it changed what someone may be waiting for
 
 
 class SqlStore(Store):
@@ -397,6 +399,9 @@ class SqlStore(Store):
         only_if_work: bool = False,
     ) -> tuple[list[bool], list[ClaimedTask]]:
         def body(tx: _Tx) -> tuple[list[bool], list[ClaimedTask]]:
+            # Nobody waits for a task to be claimed: a claim alone is no news,
+            # unless it also ended something (its event says so).
+            tx.news = bool(completions)
             accepted = self._complete_all(tx, node_id, completions) if completions else []
             self._finish_runs(tx)
             claimed = []
@@ -1178,6 +1183,7 @@ class SqlStore(Store):
 
     # -- control ----------------------------------------------------------
     def _cancel_one(self, tx: _Tx, task_id: int, reason: str) -> bool:
+        tx.news = True
         row = tx.c.execute(
             "UPDATE tasks SET state = 'cancelled', finished_at = ?, error = ?, "
             f"lease_expires_at = NULL WHERE id = ? AND state IN {_OPEN_STATES} RETURNING run_id",
@@ -1237,6 +1243,7 @@ class SqlStore(Store):
         detail: str | None,
         node_id: int | None = None,
     ) -> None:
+        tx.news = True
         tx.c.execute(
             "INSERT INTO events (at, run_id, task_id, node_id, kind, detail) "
             "VALUES (?, ?, ?, ?, ?, ?)",
