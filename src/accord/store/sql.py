@@ -735,9 +735,12 @@ class SqlStore(Store):
                         free[kind] = free.get(kind, 0.0) + amount
             if by_priority:
                 floor = max(priority_of[task_id] for task_id in missed)
-                rest = [r for r in rest if r[1] >= floor]
-                # What was held may be free again once its holder commits.
-                tx.work = True
+                kept = [r for r in rest if r[1] >= floor]
+                if len(kept) < len(rest) or min(priority_of[i] for i in missed) < floor:
+                    # Work was left for a held task, which may be free again
+                    # once its holder commits: have the nodes look again.
+                    tx.work = True
+                rest = kept
         self._save_limits(tx, limits)
         if len(rows) < len(candidates):
             self._left_behind.add(node_id)
