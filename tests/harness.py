@@ -485,6 +485,27 @@ class Cluster:
     def executions(self) -> list[Execution]:
         return read_executions(self.record_dir)
 
+    def account(
+        self,
+        store: Store,
+        run_ids: Iterable[int],
+        submitted: Iterable[int],
+        expected: Mapping[int, Any] | None = None,
+    ) -> tuple[list[Row], list[Execution], dict[str, Any]]:
+        """The runs' final rows, what this cluster executed, and :func:`account`'s
+        figures over them with the cluster's faults and fenced rejections."""
+        rows = snapshot(store, run_ids)
+        executions = self.executions()
+        figures = account(
+            submitted,
+            rows,
+            executions,
+            expected=expected,
+            faults=self.faults,
+            fenced_rejections=self.fenced_rejections(),
+        )
+        return rows, executions, figures
+
     def wait_executions(
         self,
         count: int,

@@ -31,7 +31,7 @@ from accord import serde
 from accord.handles import Run
 from accord.store.base import Completion, Outcome
 from apps import netchaos
-from harness import Fault, account, report, snapshot
+from harness import Fault, report, snapshot
 from netharness import FaultLog, NetCluster, Topology, finish_times, recovery_times
 from support import sql
 
@@ -175,16 +175,11 @@ def test_dag_2000_tasks_three_hosts_every_fault(
             faults_done = schedule.done.is_set()
         finally:
             schedule.stop()
-        rows = snapshot(store, run_ids)
-        executions = cluster.executions()
-        fenced = cluster.fenced_rejections()
-        figures = account(
+        rows, executions, figures = cluster.account(
+            store,
+            run_ids,
             [h.id for h in handles],
-            rows,
-            executions,
             expected={h.id: netchaos.square(k) for k, h in enumerate(handles)},
-            faults=cluster.faults,
-            fenced_rejections=fenced,
         )
         # Zombie completions: every attempt that lost its task tries again now, by
         # hand, with its old fence: all refused, no result changes.

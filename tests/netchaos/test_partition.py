@@ -187,15 +187,11 @@ def test_q8_lossy_flapping_links(tmp_path: Path, net: Topology, app: accord.App)
                 log.end(fault)
         t_heal = time.time()
         run.wait(timeout=60)
-        rows = snapshot(store, [run.id])
-        executions = cluster.executions()
-        figures = account(
+        _, executions, figures = cluster.account(
+            store,
+            [run.id],
             [h.id for h in handles],
-            rows,
-            executions,
             expected={h.id: netchaos.square(k) for k, h in enumerate(handles)},
-            faults=cluster.faults,
-            fenced_rejections=cluster.fenced_rejections(),
         )
         # A lossy link lasts: it hits every attempt on its node that overlaps it.
         excess = window_excess(executions, cluster.faults)
@@ -337,14 +333,7 @@ def test_q7_a_partitioned_nodes_open_transaction_does_not_outlive_its_lease(
             t_heal = time.time()
             time.sleep(0.3)
         run.wait(timeout=60)
-        rows = snapshot(store, [run.id])
-        figures = account(
-            [h.id for h in handles],
-            rows,
-            cluster.executions(),
-            faults=cluster.faults,
-            fenced_rejections=cluster.fenced_rejections(),
-        )
+        _, _, figures = cluster.account(store, [run.id], [h.id for h in handles])
     others = [at for at, node in finish_times(app.store_url) if not (node or "").startswith("w0.")]
     before = sum(1 for at in others if t_cut - 1.5 <= at < t_cut) / 1.5
     during = sum(1 for at in others if t_cut <= at < t_heal) / max(t_heal - t_cut, 1e-3)

@@ -494,9 +494,6 @@ class PgStore(SqlStateMixin, SqlStore):
             synced = self._synced = (server, time.monotonic())
         return synced[0] + time.monotonic() - synced[1]
 
-    def _clock(self) -> tuple[str, tuple[float, ...]]:
-        return "extract(epoch FROM now())::float8", ()  # the server's, not this host's
-
     def _ids_in(self, column: str, ids: list[int]) -> tuple[str, Any]:
         if len(ids) == 1:
             return f"{column} = ?::bigint", ids[0]  # a plan that can be kept

@@ -19,7 +19,6 @@ from __future__ import annotations
 import abc
 import json
 import random
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -962,22 +961,17 @@ class SqlStore(Store):
                     (state.tokens, tx.now, key),
                 )
 
-    def _clock(self) -> tuple[str, tuple[float, ...]]:
-        """The store's time (Unix seconds) in SQL, and its parameters."""
-        return "?", (time.time(),)
-
     def has_ready(self, queue: str) -> bool:
-        clock, now = self._clock()
         return bool(
             self._read(
                 "SELECT EXISTS (SELECT 1 FROM tasks WHERE queue = ? AND state = 'ready' "
-                f"AND ready_at <= {clock})",
-                (queue, *now),
+                "AND ready_at <= ?)",
+                (queue, self.now()),
             )[0][0]
         )
 
     def best_ready_priority(self, queue: str) -> int | None:
-        clock, now = self._clock()
+        now = self.now()
 
         def scan(conn: Conn) -> int | None:
             top: int | None = None
@@ -991,8 +985,8 @@ class SqlStore(Store):
                 # backoff cannot be claimed yet, so it is not more urgent work.
                 found = conn.execute(
                     "SELECT priority FROM tasks WHERE queue = ? AND state = 'ready' "
-                    f"AND req_key = ? AND ready_at <= {clock} ORDER BY priority DESC LIMIT 1",
-                    (queue, row[0], *now),
+                    "AND req_key = ? AND ready_at <= ? ORDER BY priority DESC LIMIT 1",
+                    (queue, row[0], now),
                 ).fetchone()
                 high = found[0] if found is not None else None
                 if high is not None and (top is None or high > top):
