@@ -116,9 +116,6 @@ def _pg(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-_COMPLETED = ("task_id", "fence", "result")  # the columns of a batch of results
-
-
 class _PgConn:
     """A psycopg connection that speaks the shared SQL's placeholders."""
 
@@ -634,7 +631,7 @@ class PgStore(SqlStateMixin, SqlStore):
                 given: tuple[Any, ...] = (ok[0].task_id, ok[0].fence, ok[0].result)
             else:
                 values = "unnest(?::bigint[], ?::bigint[], ?::bytea[])"
-                given = tuple([getattr(done, f) for done in ok] for f in _COMPLETED)
+                given = ([d.task_id for d in ok], [d.fence for d in ok], [d.result for d in ok])
             rows = tx.c.execute(
                 "WITH done AS (UPDATE tasks AS t SET state = 'succeeded', result = v.result, "
                 f"finished_at = ?, lease_expires_at = NULL FROM {values} AS v (id, fence, result) "
