@@ -514,6 +514,12 @@ class Node:
         self, pool: Pool, held: dict[int, ClaimedTask], waiting: deque[ClaimedTask]
     ) -> None:
         assert self.node_id is not None
+        # The store extends the leases from its transaction's start (on
+        # PostgreSQL, now() is read at BEGIN, before any wait for a row lock),
+        # so the lease is measured from before the call: the time of the
+        # answer could be seconds later, and a node that counted from it
+        # would believe in a lease that has already run out.
+        sent = time.monotonic()
         try:
             still = self.app.store.heartbeat(
                 self.node_id, self.lease_ttl, len(held), speed=self.spec.speed
@@ -538,7 +544,7 @@ class Node:
                 self.app.store.release(self.node_id, orphans)
             except StoreError as exc:
                 log.warning("could not hand back tasks: %s", exc)
-        self._heartbeat_ok = time.monotonic()
+        self._heartbeat_ok = sent
         self._find_rank()
         for task_id, task in list(held.items()):
             if still.get(task_id) != task.fence:
