@@ -83,9 +83,7 @@ def test_a_slow_heartbeat_does_not_extend_the_nodes_belief(app: accord.App, stor
         while time.monotonic() < end:
             worst = max(worst, overshoot())
             time.sleep(0.01)
-        assert worst < 0.5, (
-            f"the node believed its lease ran {worst:.2f} s past the store's end"
-        )
+        assert worst < 0.5, f"the node believed its lease ran {worst:.2f} s past the store's end"
         assert handle.result(timeout=60)["key"] == "long"
     finally:
         node.stop()
