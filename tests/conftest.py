@@ -28,12 +28,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+PG_MISSING = "PostgreSQL server binaries not found (apt-get install postgresql)"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say at the end how many PostgreSQL variants did not run, so that a
+    local run without the binaries is not mistaken for a full one."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing = sum(PG_MISSING in str(getattr(report, "longrepr", "")) for report in skipped)
+    if missing:
+        terminalreporter.write_sep(
+            "=",
+            f"{missing} PostgreSQL variant(s) skipped: no server binaries "
+            "(apt-get install postgresql, or set PG_BIN_DIR); CI fails instead",
+            yellow=True,
+        )
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[pgserver.PgServer]:
     """One throwaway PostgreSQL server for the whole session, started from the
     system's binaries (as the ``postgres`` user when the tests run as root)."""
     if pgserver.find_bin_dir() is None:
-        reason = "PostgreSQL server binaries not found (apt-get install postgresql)"
+        reason = PG_MISSING
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)

@@ -69,8 +69,13 @@ def _on_spawner_thread(fn: Callable[[], Any]) -> Any:
 
 
 def find_bin_dir() -> Path | None:
-    """The directory holding ``postgres`` and ``initdb``: PATH first, then the newest
-    ``/usr/lib/postgresql/*/bin``; None if there is none."""
+    """The directory holding ``postgres`` and ``initdb``: ``$PG_BIN_DIR`` if set,
+    else PATH first, then the newest ``/usr/lib/postgresql/*/bin``; None if there
+    is none."""
+    given = os.environ.get("PG_BIN_DIR")
+    if given is not None:
+        path = Path(given)
+        return path if (path / "postgres").exists() and (path / "initdb").exists() else None
     found = shutil.which("postgres")
     if found:
         bin_dir = Path(found).resolve().parent
