@@ -215,6 +215,11 @@ class Fault:
     end: float | None = None
     wall: float = field(default_factory=time.time)
     detail: str = ""
+    # The node could not record anything while the fault lasted (the store was
+    # locked or out of reach): every execution on it that ran during the fault
+    # is hit, not only those started before it (a task claimed just before can
+    # start and end meanwhile, and its result wait until the node fences itself).
+    blocks: bool = False
 
 
 @dataclass(slots=True)
@@ -675,14 +680,19 @@ def hits(executions: Sequence[Execution], faults: Sequence[Fault]) -> dict[int, 
     """For each task, how many of its executions a fault hit: the execution
     ran on the faulted node (its slot's parent) and started before the fault,
     or never returned (a slot dies a moment after its node: it may start a
-    task already in its pipe just after the fault was logged)."""
+    task already in its pipe just after the fault was logged). A fault that
+    ``blocks`` also hits the executions that ran while it lasted."""
     out: dict[int, int] = defaultdict(int)
     for e in executions:
-        if any(
-            f.pid == e.ppid and (e.start <= f.start + SLOT_DEATH_S or e.end is None) for f in faults
-        ):
+        if any(f.pid == e.ppid and _hit(e, f) for f in faults):
             out[e.task_id] += 1
     return dict(out)
+
+
+def _hit(e: Execution, f: Fault) -> bool:
+    if e.end is None or e.start <= f.start + SLOT_DEATH_S:
+        return True
+    return f.blocks and f.end is not None and e.start <= f.end + SLOT_DEATH_S
 
 
 def reclaim_gaps(executions: Sequence[Execution], faults: Sequence[Fault]) -> list[float]:

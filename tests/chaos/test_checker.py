@@ -18,7 +18,7 @@ import pytest
 import accord
 from accord.handles import Run
 from apps import chaos
-from harness import RECORD_ENV, Execution, Fault, Row, account, report, snapshot
+from harness import RECORD_ENV, Execution, Fault, Row, account, hits, report, snapshot
 
 pytestmark = pytest.mark.chaos
 
@@ -123,3 +123,15 @@ def test_checker_reports_a_doctored_store(
     assert figures["unexpected"] == 1
     assert figures["duplicated"] == 2  # the fence-bumped row and the copy
     assert figures["completed"] == 19
+
+
+def test_a_blocking_fault_also_hits_what_ran_while_it_lasted() -> None:
+    """A held store lock hits an attempt that started and ended during it
+    (its result waited for the lock); a kill at the same time does not, and
+    neither hits an attempt that started after the fault ended."""
+    during = Execution(1, 1, 1, 1, 101, 50, 1, 20.0, 20.1)
+    after = Execution(2, 1, 1, 1, 102, 50, 2, 40.0, 40.1)
+    locked = Fault("store_locked", 0, pid=50, start=10.0, end=30.0, blocks=True)
+    killed = Fault("kill", 0, pid=50, start=10.0, end=30.0)
+    assert hits([during, after], [locked]) == {1: 1}
+    assert hits([during, after], [killed]) == {}

@@ -37,6 +37,8 @@ path, ready = sys.argv[1], sys.argv[2]
 conn = sqlite3.connect(path, isolation_level=None, timeout=30)
 conn.execute("PRAGMA cache_size=8")
 conn.execute("BEGIN IMMEDIATE")
+with open(ready + ".locked", "w") as f:
+    f.write(repr(time.monotonic()))  # one clock for every process of the machine
 for i in range(1500):
     conn.execute(
         "INSERT INTO events (at, kind, detail) VALUES (?, 'chaos_locker', ?)",
@@ -107,7 +109,9 @@ def test_q6_writer_killed_holding_the_lock(tmp_path: Path, app: accord.App) -> N
                 )
             try:
                 wait_for(ready.exists, 30, "the locker taking the lock")
-                locked_at = time.monotonic()
+                # From BEGIN IMMEDIATE, not from "ready": writing its rows takes
+                # the locker a while, and the nodes wait for the lock all along.
+                locked_at = float(Path(f"{ready}.locked").read_text())
                 time.sleep(HOLD)
                 killed_at = time.monotonic()
                 locker.send_signal(signal.SIGKILL)
@@ -118,7 +122,7 @@ def test_q6_writer_killed_holding_the_lock(tmp_path: Path, app: accord.App) -> N
             # that cannot heartbeat for lease - interval stops its attempts
             # (they run again), so each may hit the tasks then running.
             held = [
-                Fault("store_locked", i, cluster.pid(i), locked_at, killed_at)
+                Fault("store_locked", i, cluster.pid(i), locked_at, killed_at, blocks=True)
                 for i in range(cluster.n)
             ]
             acked_before = len(client.acked)
