@@ -14,7 +14,7 @@ any process, and nodes never talk to each other directly.
   for; its position is stored, so a restarted subscriber goes on where it
   stopped (at-least-once: messages after its last stored position come again).
 - Payloads are serialised with :mod:`accord.serde`, limited in size (large
-  data belongs in the object store) and checksummed: a payload that no longer
+  data is kept outside, its path in the message) and checksummed: a payload that no longer
   matches its checksum raises :class:`~accord.CorruptedError`.
 
 Names of mailboxes and topics are store-wide (not per app), so that agents of
@@ -78,7 +78,8 @@ def _encode(payload: Any, where: str, limit: int) -> bytes:
     if len(data) > limit:
         raise PayloadTooLargeError(
             f"the payload for {where} takes {len(data)} bytes, over the limit of {limit}; "
-            "put large data in the object store (accord.data) and send its reference",
+            "write large data where every receiver can read it (a shared file system or a "
+            "bucket) and send its path",
             size=len(data),
             limit=limit,
         )
@@ -282,7 +283,8 @@ class Mailbox:
     def purge_acked(self, older_than: float = DEDUP_WINDOW) -> int:
         """Forget acknowledged messages acknowledged more than ``older_than``
         seconds ago (store-wide); return how many."""
-        return self._store.mailbox_purge(self._store.now() - _check_delay(older_than, "older_than"))
+        before = self._store.now() - _check_delay(older_than, "older_than")
+        return self._store.mailbox_purge(before, fence=self._fence())
 
 
 @dataclass(slots=True, frozen=True)
@@ -357,7 +359,7 @@ class Topic:
     def unsubscribe(self, subscriber: str) -> bool:
         """Forget a subscriber's position (it no longer holds back :meth:`trim`)."""
         name = check_name(subscriber, "subscriber name", limit=MAX_NAME_BYTES)
-        return self._store.topic_unsubscribe(self.name, name)
+        return self._store.topic_unsubscribe(self.name, name, fence=self._fence())
 
     def subscribers(self) -> dict[str, int]:
         """Each registered subscriber's next offset."""
@@ -373,7 +375,7 @@ class Topic:
         subscriber unless ``force``. Return the first offset kept."""
         if before is not None:
             _check_int(before, "before")
-        return self._store.topic_trim(self.name, before, force=force)
+        return self._store.topic_trim(self.name, before, force=force, fence=self._fence())
 
 
 class Subscription:

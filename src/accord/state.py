@@ -84,7 +84,7 @@ __all__ = [
 MAX_KEY_BYTES = 1024
 """Longest key, namespace included, in UTF-8 bytes."""
 MAX_VALUE_BYTES = 1024 * 1024
-"""Largest serialised value; put larger data in the object store."""
+"""Largest serialised value; keep larger data outside the store and its path here."""
 
 # A watcher waiting for changes checks the store's change counter this often
 # at first and backs off to the slower pace (which bounds the latency).
@@ -291,8 +291,8 @@ class State:
         if len(data) > self.max_value:
             raise PayloadTooLargeError(
                 f"the value of state key {self._rel(key)!r} takes {len(data)} bytes, over the "
-                f"limit of {self.max_value}; put large data in the object store and keep a "
-                "reference here",
+                f"limit of {self.max_value}; write large data where every node can read it "
+                "(a shared file system or a bucket) and keep its path here",
                 key=key,
                 size=len(data),
                 limit=self.max_value,
@@ -471,7 +471,8 @@ class State:
         ]
 
     def delete_snapshot(self, name: str) -> bool:
-        return self._store.kv_delete_snapshot(self._key(name, "snapshot name"))
+        fence, _ = self._fence()
+        return self._store.kv_delete_snapshot(self._key(name, "snapshot name"), fence=fence)
 
     def rollback(self, prefix: str = "", *, to: str | int) -> int:
         """Make every key under ``prefix`` what it was at a snapshot (``to`` a
@@ -520,7 +521,8 @@ class State:
             target = _check_int(revision, "compaction revision")
         if target < 1:
             return self._store.kv_status().compacted
-        return self._store.kv_compact(target)
+        fence, _ = self._fence()
+        return self._store.kv_compact(target, fence=fence)
 
     def set_retention(self, keep: int | None) -> None:
         """Keep about the last ``keep`` revisions of history, compacting as
@@ -830,7 +832,7 @@ class Lease:
         """End the lease now, deleting its keys; return how many keys went."""
         self.stop_keepalive()
         self.lost.set()
-        return self._store.lease_revoke(self.id)
+        return self._store.lease_revoke(self.id, fence=self._fence)
 
     def alive(self) -> bool:
         return self._store.lease_info(self.id) is not None

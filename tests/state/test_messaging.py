@@ -107,7 +107,7 @@ def test_a_waiting_receiver_wakes_on_send(app: accord.App) -> None:
 
 def test_bad_messages_are_refused(app: accord.App) -> None:
     box = app.mailbox("bad")
-    with pytest.raises(accord.PayloadTooLargeError, match="object store"):
+    with pytest.raises(accord.PayloadTooLargeError, match="shared file system"):
         box.send(b"x" * (MAX_PAYLOAD_BYTES + 1))
     with pytest.raises(TypeError, match="cannot be serialised"):
         box.send(object())

@@ -14,6 +14,7 @@ import pytest
 import accord
 from accord import context, serde
 from accord.store.base import ClaimedTask, NewRun, NewTask
+from support import sql
 
 
 def _claim(app: accord.App, node_name: str, lease_ttl: float) -> ClaimedTask | None:
@@ -81,6 +82,8 @@ def test_a_zombie_cannot_write_state(app: accord.App, zombie: tuple[Attempt, Att
             lambda: app.state.snapshot("z"),
             lambda: app.state.lease(5),
             lambda: app.state.delete_prefix("sh"),
+            lambda: app.state.delete_snapshot("s"),
+            lambda: app.state.compact(),
         ):
             with pytest.raises(accord.FencedError) as caught:
                 write()
@@ -108,6 +111,12 @@ def test_a_zombie_cannot_message(app: accord.App, zombie: tuple[Attempt, Attempt
             topic.publish("zombie")
         with pytest.raises(accord.FencedError):
             topic.subscribe("zombie-reader")
+        with pytest.raises(accord.FencedError):
+            topic.unsubscribe("reader")
+        with pytest.raises(accord.FencedError):
+            topic.trim(force=True)
+        with pytest.raises(accord.FencedError):
+            box.purge_acked(0)
     assert box.stats()["ready"] == 1 and topic.offsets() == (0, 0)
     assert topic.subscribers() == {"reader": 0}
     with new:
@@ -119,6 +128,28 @@ def test_a_zombie_cannot_message(app: accord.App, zombie: tuple[Attempt, Attempt
     with new:
         assert message.ack()
     assert sub.get(timeout=1).payload == "fresh"  # type: ignore[union-attr]
+
+
+def test_a_zombie_cannot_revoke_the_lease_it_was_granted(app: accord.App, store_url: str) -> None:
+    """A lease granted by an attempt that then lost its task's lease: revoking
+    it (which deletes its keys) is refused like any other write."""
+    app.store.submit(
+        [NewTask(name="work", queue=app.name, args=serde.dumps([[], {}]), max_attempts=3)],
+        run=NewRun(app=app.name, name="work"),
+    )
+    first = _claim(app, "old", lease_ttl=30)
+    assert first is not None
+    old = Attempt(_context(app, first))
+    with old:
+        lease = app.state.lease(30)
+        app.state.put("held", 1, lease=lease)
+    sql(store_url, "UPDATE tasks SET lease_expires_at = 0 WHERE id = ?", (first.id,))
+    with accord.App(app.name, store=store_url) as elsewhere:  # another process's claims
+        second = _claim(elsewhere, "new", lease_ttl=30)
+    assert second is not None and second.fence > first.fence
+    with old, pytest.raises(accord.FencedError):
+        lease.revoke()
+    assert app.state.value("held") == 1 and lease.alive()
 
 
 def test_writes_from_an_ended_task_are_refused(app: accord.App) -> None:

@@ -288,7 +288,7 @@ def test_bad_values_are_refused_and_change_nothing(state: State) -> None:
         state.put("k", object())
     with pytest.raises(TypeError):
         state.txn().then_put("a", 1).then_put("b", object()).commit()
-    with pytest.raises(accord.PayloadTooLargeError, match="object store"):
+    with pytest.raises(accord.PayloadTooLargeError, match="shared file system"):
         state.put("big", b"x" * (2 << 20))
     with pytest.raises(TypeError, match="64 bits"):
         state.put("huge", 10**30)

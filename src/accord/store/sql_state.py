@@ -687,9 +687,10 @@ class SqlStateMixin(StateStore):
         )[0]
         return KvStatus(revision, compacted, retain, expiry)
 
-    def kv_compact(self, revision: int) -> int:
+    def kv_compact(self, revision: int, *, fence: Fence = None) -> int:
         def body(tx: _Tx) -> tuple[bool, int]:
             c = tx.c
+            self._check_fence(c, fence, "compaction")  # before the lock: see above
             self._lock_kv(c)
             current, compacted, _ = self._meta(c)
             if revision > current:
@@ -825,8 +826,9 @@ class SqlStateMixin(StateStore):
             )
         return [SnapshotRow(*r) for r in rows]
 
-    def kv_delete_snapshot(self, name: str) -> bool:
+    def kv_delete_snapshot(self, name: str, *, fence: Fence = None) -> bool:
         def body(tx: _Tx) -> bool:
+            self._check_fence(tx.c, fence, "snapshot deletion")
             gone = tx.c.execute(
                 "DELETE FROM kv_snapshots WHERE name = ? RETURNING name", (name,)
             ).fetchone()
@@ -876,8 +878,9 @@ class SqlStateMixin(StateStore):
             )
         return found
 
-    def lease_revoke(self, lease_id: int) -> int:
+    def lease_revoke(self, lease_id: int, *, fence: Fence = None) -> int:
         def body(tx: _Tx) -> tuple[bool, int]:
+            self._check_fence(tx.c, fence, "lease revoke")  # before the lock: see above
             self._lock_kv(tx.c)
             if tx.c.execute("SELECT 1 FROM kv_leases WHERE id = ?", (lease_id,)).fetchone():
                 return True, self._drop_leases(tx, [lease_id])
@@ -1024,8 +1027,9 @@ class SqlStateMixin(StateStore):
         )[0]
         return MailboxStats(r[0], r[1], r[2], r[3])
 
-    def mailbox_purge(self, acked_before: float) -> int:
+    def mailbox_purge(self, acked_before: float, *, fence: Fence = None) -> int:
         def body(tx: _Tx) -> int:
+            self._check_fence(tx.c, fence, "purge")
             gone = tx.c.execute(
                 "DELETE FROM mailbox_messages WHERE acked_at IS NOT NULL AND acked_at < ? "
                 "RETURNING id",
@@ -1155,8 +1159,9 @@ class SqlStateMixin(StateStore):
 
         self._write(body)
 
-    def topic_unsubscribe(self, topic: str, subscriber: str) -> bool:
+    def topic_unsubscribe(self, topic: str, subscriber: str, *, fence: Fence = None) -> bool:
         def body(tx: _Tx) -> bool:
+            self._check_fence(tx.c, fence, "unsubscription")
             gone = tx.c.execute(
                 "DELETE FROM topic_offsets WHERE topic = ? AND subscriber = ? RETURNING topic",
                 (topic, subscriber),
@@ -1173,9 +1178,12 @@ class SqlStateMixin(StateStore):
         )
         return [SubscriberRow(*r) for r in rows]
 
-    def topic_trim(self, topic: str, before: int | None, *, force: bool = False) -> int:
+    def topic_trim(
+        self, topic: str, before: int | None, *, force: bool = False, fence: Fence = None
+    ) -> int:
         def body(tx: _Tx) -> tuple[bool, int]:
             c = tx.c
+            self._check_fence(c, fence, "trim")
             # The topic's lock keeps subscribers from registering meanwhile, and
             # the subscribers' rows are locked so that none moves back under us.
             first, nxt = self._topic_bounds(c, topic, self.lock)

@@ -332,7 +332,7 @@ class StateStore(abc.ABC):
     def kv_status(self) -> KvStatus: ...
 
     @abc.abstractmethod
-    def kv_compact(self, revision: int) -> int:
+    def kv_compact(self, revision: int, *, fence: Fence = None) -> int:
         """Drop history before ``revision`` (held back by snapshots); return the new point."""
 
     @abc.abstractmethod
@@ -360,7 +360,7 @@ class StateStore(abc.ABC):
     def kv_snapshots(self, prefix: str) -> list[SnapshotRow]: ...
 
     @abc.abstractmethod
-    def kv_delete_snapshot(self, name: str) -> bool: ...
+    def kv_delete_snapshot(self, name: str, *, fence: Fence = None) -> bool: ...
 
     # -- leases -------------------------------------------------------------
     @abc.abstractmethod
@@ -371,7 +371,7 @@ class StateStore(abc.ABC):
         """Extend a lease by its ttl; :class:`LeaseExpiredError` if it is gone."""
 
     @abc.abstractmethod
-    def lease_revoke(self, lease_id: int) -> int:
+    def lease_revoke(self, lease_id: int, *, fence: Fence = None) -> int:
         """End a lease now, deleting its keys; return how many keys went."""
 
     @abc.abstractmethod
@@ -420,7 +420,7 @@ class StateStore(abc.ABC):
     def mailbox_stats(self, mailbox: str) -> MailboxStats: ...
 
     @abc.abstractmethod
-    def mailbox_purge(self, acked_before: float) -> int:
+    def mailbox_purge(self, acked_before: float, *, fence: Fence = None) -> int:
         """Forget acknowledged messages acknowledged before ``acked_before``."""
 
     # -- topics -------------------------------------------------------------
@@ -447,13 +447,15 @@ class StateStore(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
-    def topic_unsubscribe(self, topic: str, subscriber: str) -> bool: ...
+    def topic_unsubscribe(self, topic: str, subscriber: str, *, fence: Fence = None) -> bool: ...
 
     @abc.abstractmethod
     def topic_subscribers(self, topic: str) -> list[SubscriberRow]: ...
 
     @abc.abstractmethod
-    def topic_trim(self, topic: str, before: int | None, *, force: bool = False) -> int:
+    def topic_trim(
+        self, topic: str, before: int | None, *, force: bool = False, fence: Fence = None
+    ) -> int:
         """Drop messages before ``before`` (default: the slowest subscriber's
         offset; never past it unless ``force``); return the new first offset."""
 
