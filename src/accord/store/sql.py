@@ -440,7 +440,8 @@ class SqlStore(Store):
     ) -> tuple[list[bool], list[ClaimedTask]]:
         # The node cleans what it sends; this is the store's own guard, so
         # that no caller's text makes a completion fail on one backend alone.
-        completions = [storable(done) for done in completions]
+        ok = Outcome.OK
+        completions = [done if done.outcome is ok else storable(done) for done in completions]
 
         def body(tx: _Tx) -> tuple[list[bool], list[ClaimedTask]]:
             # Nobody waits for a task to be claimed: a claim alone is no news,
