@@ -77,6 +77,15 @@ def test_unknown_task_on_a_node_fails_with_a_clear_message(
         ("sqlite:///", "has no file path"),
         ("sqlite://relative.db", "has no file path"),
         ("sqlite:///:memory:", "in-memory database cannot be shared"),
+        ("sqlite:///x.db?mode=ro", "unknown parameter 'mode'.*SQLite's own URI options"),
+        ("sqlite:///x.db?cache=shared", "unknown parameter 'cache'"),
+        ("sqlite:///x.db?file_mode=0400", "must let the owner read and write"),
+        ("sqlite:///x.db?file_mode=1777", "permission bits alone"),
+        ("sqlite:///x.db?file_mode=rw", "file_mode 'rw' is not an octal mode"),
+        ("sqlite:///x.db?file_mode", "parameter 'file_mode' needs one value"),
+        ("sqlite:///x.db?file_mode=0600&file_mode=0640", "'file_mode' needs one value"),
+        ("sqlite:///x.db?busy_timeout=-1", "busy_timeout '-1' is not a number of seconds"),
+        ("sqlite:///x.db?busy_timeout=nan", "busy_timeout 'nan' is not a number"),
         ("", "is empty"),
         ("   ", "is empty"),
     ],
@@ -104,8 +113,10 @@ def test_store_url_in_a_missing_directory(tmp_path: Path) -> None:
 
 
 def test_store_url_naming_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(accord.StoreURLError, match="cannot open the store file"):
+    with pytest.raises(accord.StoreURLError, match="is a directory") as caught:
         open_store(f"sqlite:///{tmp_path}")
+    assert f"for example sqlite:///{tmp_path}/accord.db" in str(caught.value)
+    assert "check the directory exists" not in str(caught.value)
     assert os.listdir(tmp_path) == []
 
 
@@ -202,7 +213,7 @@ BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
     ({"resources": [("cpu", 1)]}, "resources must be a mapping"),
     ({"requires": "gpu"}, "requires must be a list of capability names"),
     ({"requires": ["gpu", ""]}, "requires must be a list of capability names"),
-    ({"name": "1bad"}, "task name '1bad' is invalid"),
+    ({"name": "-bad"}, "task name '-bad' is invalid: it starts with '-'"),
     ({"name": "has space"}, "task name 'has space' is invalid"),
     ({"colour": "red"}, r"unknown task option\(s\) \['colour'\]"),
     ({"retry": 3}, r"unknown task option\(s\) \['retry'\]"),
@@ -270,7 +281,7 @@ def test_registration_mistakes(flows: accord.App) -> None:
     with pytest.raises(accord.ConfigError, match="decorates a function"):
         flows.task(name="not_callable")(42)  # type: ignore[call-overload]
     assert "not_callable" not in flows.tasks
-    for name in ["", "has space", "dash-ed", None]:
+    for name in ["", "has space", "slash/ed", None]:
         with pytest.raises(accord.ConfigError, match=r"app name .* is invalid"):
             accord.App(name)  # type: ignore[arg-type]
 

@@ -29,6 +29,7 @@ from accord.errors import (
     TaskCancelled,
     TaskError,
     TaskFailed,
+    UnstorableError,
     WorkerShutdown,
 )
 from accord.handles import Handle, Run
@@ -80,6 +81,7 @@ __all__ = [
     "TopicMessage",
     "Txn",
     "TxnResult",
+    "UnstorableError",
     "Watch",
     "WorkerShutdown",
     "__version__",

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from accord._checks import check_name, check_payload_limit
 from accord.errors import ClosedError, ConfigError, NotFoundError
 from accord.handles import Handle, Run
 from accord.scheduling.policy import POLICIES, Policy, policy_named
@@ -29,6 +30,11 @@ DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 class App:
     """An application: a name, a store and the tasks registered with it.
+
+    ``name`` follows accord's one rule for names (letters of any script,
+    digits, ``_``, ``-``, ``.``, ``:``; see ``docs/guide.md``): it is also the
+    queue of the app's tasks and the namespace of its state. ``max_payload``
+    (bytes, 1 to 512 MiB) limits a task's arguments and its result.
 
     ``store`` is a store URL or a :class:`~accord.store.Store`; by default the
     URL comes from ``ACCORD_STORE``, else ``sqlite:///.accord/accord.db``. The
@@ -55,17 +61,14 @@ class App:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         policy: Policy | str = "cost",
     ) -> None:
-        if not isinstance(name, str) or not name or not name.replace("_", "a").isalnum():
-            raise ConfigError(
-                f"app name {name!r} is invalid: use letters, digits and '_' (for example "
-                "'pipeline')"
-            )
-        self.name = name
+        # One rule for every name (accord._checks.check_name): an app name is
+        # also its tasks' queue and its state's namespace.
+        self.name = check_name(name, "app name")
         self._store: Store | None = store if isinstance(store, Store) else None
         self._url = None if isinstance(store, Store) else store
         if self._url is not None and not isinstance(self._url, str):
             raise ConfigError(f"store must be a URL string or a Store, not {store!r}")
-        self.max_payload = max_payload
+        self.max_payload = check_payload_limit(max_payload)
         if isinstance(policy, str):
             policy = policy_named(policy)
         elif not isinstance(policy, Policy):
@@ -211,8 +214,10 @@ class App:
         def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
             if not callable(func):
                 raise ConfigError(f"@app.task decorates a function, not {func!r}")
-            name = options.pop("name", None) or func.__qualname__
-            if "<locals>" in name:
+            name = options.pop("name", None)
+            if name is None:
+                name = func.__qualname__
+            if isinstance(name, str) and "<locals>" in name:
                 raise ConfigError(
                     f"task {name} is defined inside a function; nodes find tasks by name, so "
                     "define it at module level or pass name=..."

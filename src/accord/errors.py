@@ -9,6 +9,7 @@ caller will *do*::
     |   +-- StoreURLError          the store URL cannot be used
     |   +-- SchemaError            the file is not an accord store, or is too new
     |   +-- PayloadTooLargeError   a value or message is over the size limit
+    |   +-- UnstorableError        the store refused a value as invalid for it; fix the value
     |   +-- ClosedError            the app or store was closed; make a new one
     +-- NotFoundError          the id or name does not exist (also a LookupError)
     |   +-- CompactedError         that revision's history was compacted; re-read
@@ -84,6 +85,14 @@ class PayloadTooLargeError(ConfigError):
 
     code = "payload_too_large"
     status_code = 413
+
+
+class UnstorableError(ConfigError):
+    """The store refused a value as invalid for it (text its encoding cannot
+    hold, a number out of its range): the same value would be refused again,
+    so this is never retried as an outage. Nothing was written."""
+
+    code = "unstorable"
 
 
 class ClosedError(ConfigError):

@@ -18,7 +18,8 @@ any process, and nodes never talk to each other directly.
   matches its checksum raises :class:`~accord.CorruptedError`.
 
 Names of mailboxes and topics are store-wide (not per app), so that agents of
-different apps can talk.
+different apps can talk; they follow the one rule for names
+(:func:`accord._checks.check_name`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from accord import context, serde
+from accord import _checks, context, serde
 from accord.errors import ConfigError, CorruptedError, PayloadTooLargeError
 from accord.state import _check_delay, _check_int, _check_seconds, _check_timeout, check_name
 from accord.store.state_base import Fence, MailboxRow, OutMessage, StateStore, TopicRow
@@ -163,7 +164,7 @@ class Mailbox:
         self, store: Store | StateStore, name: str, *, max_payload: int = MAX_PAYLOAD_BYTES
     ) -> None:
         self._store = _state_store(store)
-        self.name = check_name(name, "mailbox name", limit=MAX_NAME_BYTES)
+        self.name = _checks.check_name(name, "mailbox name")
         self.max_payload = max_payload
         self._sends = 0
 
@@ -304,7 +305,7 @@ class Topic:
         self, store: Store | StateStore, name: str, *, max_payload: int = MAX_PAYLOAD_BYTES
     ) -> None:
         self._store = _state_store(store)
-        self.name = check_name(name, "topic name", limit=MAX_NAME_BYTES)
+        self.name = _checks.check_name(name, "topic name")
         self.max_payload = max_payload
 
     def __repr__(self) -> str:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from accord import context, serde
+from accord._checks import check_text as _check_text
 from accord.errors import (
     AccordError,
     ConfigError,
@@ -107,31 +108,6 @@ def check_name(name: object, what: str, *, limit: int = MAX_KEY_BYTES) -> str:
         raise ConfigError(f"{what} is empty; give a non-empty string", argument=what)
     _check_text(name, what, limit)
     return name
-
-
-def _check_text(text: str, what: str, limit: int) -> None:
-    if "\x00" in text:
-        # PostgreSQL's text cannot hold NUL and SQLite's can: refused on both,
-        # so that a name works on one backend exactly when it works on the other.
-        raise ConfigError(
-            f"{what} {text[:80]!r} contains a NUL character ('\\x00'), which no accord store "
-            "accepts in names; remove it, or encode the name (hex, base64) first",
-            argument=what,
-        )
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ConfigError(
-            f"{what} {text[:80]!r} is not valid text (it holds a lone surrogate); "
-            "give a string that encodes as UTF-8",
-            argument=what,
-        ) from None
-    if size > limit:
-        raise ConfigError(
-            f"{what} {text[:40]!r}... is {size} bytes long, over the limit of {limit} "
-            "(namespace included)",
-            argument=what,
-        )
 
 
 def _check_int(value: object, what: str, *, minimum: int = 0) -> int:

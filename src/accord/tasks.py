@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from accord import context, serde
+from accord._checks import check_name, check_text
 from accord.errors import ConfigError, PayloadTooLargeError
 from accord.handles import Handle
 from accord.scheduling.policy import RESOURCE_KINDS
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
+MAX_NAME_BYTES = 256
 _MAX_INT = 2**63 - 1
 
 
@@ -71,13 +71,8 @@ class TaskOptions:
     idempotency_key: str | None = None
 
     def validated(self) -> TaskOptions:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ConfigError(
-                f"task name {self.name!r} is invalid: use letters, digits, '_', '.', ':' or '-' "
-                "(at most 200), starting with a letter or '_'"
-            )
-        if not isinstance(self.queue, str) or not _NAME.match(self.queue):
-            raise ConfigError(f"queue {self.queue!r} is invalid: use a plain identifier")
+        check_name(self.name, "task name")
+        check_name(self.queue, "queue")
         _integer("priority", self.priority)
         _number("weight", self.weight)
         if not callable(self.size):
@@ -105,8 +100,7 @@ class TaskOptions:
         if self.rate is not None:
             _number("rate (tasks per second)", self.rate, strict=True)
         if self.limit_key is not None:
-            if not isinstance(self.limit_key, str) or not _NAME.match(self.limit_key):
-                raise ConfigError(f"limit_key {self.limit_key!r} is invalid: use a plain name")
+            check_name(self.limit_key, "limit_key")
             if self.concurrency is None and self.rate is None:
                 raise ConfigError("limit_key needs a concurrency or a rate to apply")
         if isinstance(self.requires, str) or not all(
@@ -115,6 +109,8 @@ class TaskOptions:
             raise ConfigError(
                 f"requires must be a list of capability names without commas, not {self.requires!r}"
             )
+        for capability in self.requires:
+            check_text(capability, "requires", MAX_NAME_BYTES)
         if self.resources is not None:
             if not isinstance(self.resources, Mapping):
                 raise ConfigError(f"resources must be a mapping, not {self.resources!r}")
@@ -134,6 +130,8 @@ class TaskOptions:
                 "idempotency_key must be a non-empty string of at most 500 characters "
                 "without NUL bytes"
             )
+        if self.idempotency_key is not None:
+            check_text(self.idempotency_key, "idempotency_key", 4 * 500)
         return self
 
 

@@ -3,7 +3,10 @@
 ``open_store(url)`` picks the backend from the URL:
 
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: the
-  embedded store, one file shared by every process on one machine.
+  embedded store, one file shared by every process on one machine. The
+  file is created owner-only (0600; its directory, when accord makes it,
+  0700); ``?file_mode=0640`` sets another mode, ``busy_timeout=SECONDS``
+  how long to wait for another process's lock. Other parameters are refused.
 - ``postgresql://user:password@host:port/database``: the shared store for
   nodes on many machines (needs ``pip install 'accord[postgres]'``).
 """
@@ -11,11 +14,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from accord.errors import StoreURLError
 from accord.store.base import Store
-from accord.store.sqlite import SqliteStore
+from accord.store.sqlite import DEFAULT_FILE_MODE, SqliteStore, make_store_dir, parse_url
 
 DEFAULT_URL = "sqlite:///.accord/accord.db"
 
@@ -34,29 +36,17 @@ def open_store(url: str | None = None) -> Store:
     url = resolve_url(url)
     if not isinstance(url, str) or not url.strip():
         raise StoreURLError(f"store URL {url!r} is empty; use sqlite:///path/to/file.db", url=url)
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     if not sep:
         raise StoreURLError(
             f"store URL {url!r} has no scheme; use sqlite:///path/to/file.db or postgresql://host/db",
             url=url,
         )
     if scheme == "sqlite":
-        if not rest.startswith("/") or rest == "/":
-            raise StoreURLError(
-                f"store URL {url!r} has no file path; use sqlite:///relative.db or "
-                "sqlite:////absolute/path.db",
-                url=url,
-            )
-        path = rest[1:]
-        if path in ("", ":memory:"):
-            raise StoreURLError(
-                f"store URL {url!r}: an in-memory database cannot be shared between "
-                "processes; give a file path",
-                url=url,
-            )
-        if url == DEFAULT_URL or path == DEFAULT_URL.removeprefix("sqlite:///"):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return SqliteStore(path)
+        path, options = parse_url(url)
+        if path == DEFAULT_URL.removeprefix("sqlite:///"):
+            make_store_dir(path, options.get("file_mode", DEFAULT_FILE_MODE))
+        return SqliteStore(path, **options)
     if scheme in ("postgresql", "postgres"):
         try:
             from accord.store.postgres import PgStore

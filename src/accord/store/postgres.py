@@ -47,6 +47,7 @@ from accord.errors import (
     StoreError,
     StoreUnavailableError,
     StoreURLError,
+    UnstorableError,
 )
 from accord.scheduling.policy import NodeSpec
 from accord.store.base import Completion, Outcome
@@ -84,6 +85,10 @@ _RACES = (
     psycopg.errors.UniqueViolation,
 )
 _MAX_RACES = 8
+# What psycopg raises, before sending anything, for a value it cannot send:
+# text the connection's encoding cannot hold (a lone surrogate; a character
+# missing from a LATIN1 database), an int past what it adapts.
+_BAD_VALUE = (UnicodeError, OverflowError)
 _POLL_FALLBACK = 0.05
 
 
@@ -395,7 +400,7 @@ class PgStore(SqlStateMixin, SqlStore):
                     raise self._translate(exc, what) from exc
                 time.sleep(pause * (0.5 + random.random()))
                 pause = min(pause * 2, 1.0)
-            except psycopg.Error as exc:
+            except (psycopg.Error, *_BAD_VALUE) as exc:
                 raise self._translate(exc, what) from exc
 
     def _translate(self, exc: BaseException, what: str) -> Exception:
@@ -408,6 +413,14 @@ class PgStore(SqlStateMixin, SqlStore):
             )
         if isinstance(exc, psycopg.errors.UniqueViolation):
             return ConflictError(f"{what} kept colliding with another writer: {text}")
+        if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, *_BAD_VALUE)):
+            # The value is bad, not the server: the same statement would fail
+            # again, so it must never be retried as an outage.
+            return UnstorableError(
+                f"the store {self.url} cannot hold a value while {what} "
+                f"({type(exc).__name__}: {text}); nothing was written: fix the value",
+                url=self.url,
+            )
         if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout):
             return StoreUnavailableError(
                 f"cannot reach the store {self.url} while {what} (tried for "

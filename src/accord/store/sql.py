@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
+from accord._checks import MAX_ERROR_CHARS, MAX_TRACEBACK_CHARS, clean_text, seconds_or_none
 from accord.errors import (
     ConflictError,
     FencedError,
@@ -153,6 +154,46 @@ class _Tx:
         self.touched: set[int] = set()
         self.work = False  # it made tasks ready: idle nodes may claim them
         self.news = True  # it changed what someone may be waiting for
+
+
+def storable(done: Completion) -> Completion:
+    """``done`` with what no store (or not every store) can hold made
+    storable: NUL and lone surrogates in its texts escaped, overlong texts cut,
+    a retry delay that is not a finite number of seconds dropped (the task's
+    backoff applies), a handle past 64 bits recorded as a failure."""
+    if done.outcome is Outcome.OK:
+        return done
+    if done.outcome is Outcome.FORWARD:
+        target = done.forward_to
+        if isinstance(target, int) and _MIN_ID <= target <= _MAX_ID:
+            return done
+        return Completion(
+            done.task_id,
+            done.fence,
+            Outcome.ERROR,
+            error=f"returned a handle to task {clean_text(repr(target), 200)}, which does not "
+            "exist",
+            error_type="BadHandle",
+            retryable=False,
+            duration=done.duration,
+        )
+    error, error_type, trace = done.error, done.error_type, done.traceback
+    delay = done.retry_delay
+    clean = Completion(
+        done.task_id,
+        done.fence,
+        Outcome.ERROR,
+        error=None if error is None else clean_text(str(error), MAX_ERROR_CHARS),
+        error_type=None if error_type is None else clean_text(str(error_type), 200),
+        traceback=None if trace is None else clean_text(str(trace), MAX_TRACEBACK_CHARS),
+        retryable=bool(done.retryable),
+        retry_delay=None if delay is None else seconds_or_none(delay),
+        duration=done.duration,
+    )
+    return clean
+
+
+_MIN_ID, _MAX_ID = -(2**63), 2**63 - 1
 
 
 class SqlStore(Store):
@@ -397,6 +438,11 @@ class SqlStore(Store):
         policy: Policy | None = None,
         only_if_work: bool = False,
     ) -> tuple[list[bool], list[ClaimedTask]]:
+        # The node cleans what it sends; this is the store's own guard, so
+        # that no caller's text makes a completion fail on one backend alone.
+        ok = Outcome.OK
+        completions = [done if done.outcome is ok else storable(done) for done in completions]
+
         def body(tx: _Tx) -> tuple[list[bool], list[ClaimedTask]]:
             # Nobody waits for a task to be claimed: a claim alone is no news,
             # unless it also ended something (its event says so).

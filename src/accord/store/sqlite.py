@@ -15,6 +15,7 @@ file lock the kernel drops with the process.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sqlite3
@@ -31,6 +32,7 @@ from accord.errors import (
     StorageFullError,
     StoreError,
     StoreURLError,
+    UnstorableError,
 )
 from accord.store.sql import Conn, SqlStore, _Tx, migrations, upgrade
 from accord.store.sqlite_state import SqliteStateMixin
@@ -41,11 +43,35 @@ MIGRATIONS = migrations("sqlite")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def translate(exc: sqlite3.Error, path: str) -> Exception:
-    """Turn a driver error into accord's, keeping it as ``__cause__``."""
+# What a driver raises for a value it cannot bind or store (NUL is stored
+# as it is; a lone surrogate cannot be encoded; an int past 64 bits does not
+# fit): the value is bad, not the store, and trying again cannot help.
+BAD_VALUE = (UnicodeError, OverflowError)
+
+
+def translate(exc: BaseException, path: str) -> Exception:
+    """Turn a driver error into accord's, keeping it as ``__cause__``.
+
+    Bad data (a value the driver cannot encode or the database refuses:
+    ``sqlite3.DataError``, ``IntegrityError``) becomes
+    :class:`~accord.errors.UnstorableError`, never a :class:`StoreError` that
+    a caller would retry as an outage.
+    """
     text = str(exc)
-    if "disk is full" in text or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-        err: Exception = StorageFullError(
+    if isinstance(exc, BAD_VALUE):
+        err: Exception = UnstorableError(
+            f"the store {path} cannot hold a value given to it ({type(exc).__name__}: {text}); "
+            "nothing was written: fix the value",
+            path=path,
+        )
+    elif isinstance(exc, sqlite3.DataError | sqlite3.IntegrityError):
+        err = UnstorableError(
+            f"the store {path} refused a value ({type(exc).__name__}: {text}); nothing was "
+            "written: fix the value",
+            path=path,
+        )
+    elif "disk is full" in text or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        err = StorageFullError(
             f"the store's disk is full ({path}); free space and retry: nothing was written",
             path=path,
         )
@@ -57,41 +83,197 @@ def translate(exc: sqlite3.Error, path: str) -> Exception:
     elif "locked" in text or "busy" in text:
         err = StoreError(f"the store {path} stayed locked by another process: {text}", path=path)
     elif "unable to open" in text:
-        err = StoreURLError(
-            f"cannot open the store file {path}: {text}; check the directory exists and is "
-            "writable",
-            path=path,
-        )
+        if os.path.isdir(path):
+            why = "it is a directory; give the path of a file in it, for example " + (
+                f"sqlite:///{os.path.join(path, 'accord.db')}"
+            )
+        else:
+            why = "check that its directory exists and is writable"
+        err = StoreURLError(f"cannot open the store file {path}: {text}; {why}", path=path)
     else:
         err = StoreError(f"the store {path} failed: {text}", path=path)
     err.__cause__ = exc
     return err
 
 
+# -- URLs and files --------------------------------------------------------------
+
+DEFAULT_FILE_MODE = 0o600
+DEFAULT_BUSY_TIMEOUT = 30.0
+URL_PARAMETERS = ("file_mode", "busy_timeout")
+URL_SYNTAX = (
+    "sqlite:///relative/path.db or sqlite:////absolute/path.db, optionally followed by "
+    "?file_mode=0640 and/or &busy_timeout=SECONDS"
+)
+
+
+def parse_url(url: str) -> tuple[str, dict[str, Any]]:
+    """The file path and the store options of an ``sqlite://`` URL.
+
+    The path is taken as written (no %-decoding), up to the first ``?``;
+    what follows are parameters, each known or refused (a parameter left in
+    the path would silently name another file).
+    """
+    rest = url.removeprefix("sqlite://")
+    path, _, query = rest.partition("?")
+    if not path.startswith("/") or path == "/":
+        raise StoreURLError(f"store URL {url!r} has no file path; use {URL_SYNTAX}", url=url)
+    path = path[1:]
+    if path in ("", ":memory:"):
+        raise StoreURLError(
+            f"store URL {url!r}: an in-memory database cannot be shared between "
+            "processes; give a file path",
+            url=url,
+        )
+    options: dict[str, Any] = {}
+    for item in query.split("&") if query else []:
+        key, eq, value = item.partition("=")
+        if key not in URL_PARAMETERS:
+            hint = ""
+            if key in ("mode", "cache", "immutable", "vfs", "nolock", "psow"):
+                hint = " (SQLite's own URI options are not supported: accord needs to write)"
+            raise StoreURLError(
+                f"store URL {url!r}: unknown parameter {key!r}{hint}; the parameters are "
+                f"{', '.join(URL_PARAMETERS)} ({URL_SYNTAX})",
+                url=url,
+            )
+        if not eq or key in options:
+            raise StoreURLError(
+                f"store URL {url!r}: parameter {key!r} needs one value, as in {key}=...",
+                url=url,
+            )
+        options[key] = _url_value(url, key, value)
+    return path, options
+
+
+def _url_value(url: str, key: str, value: str) -> Any:
+    if key == "file_mode":
+        digits = value.removeprefix("0o")
+        if not 3 <= len(digits) <= 4 or any(c not in "01234567" for c in digits):
+            raise StoreURLError(
+                f"store URL {url!r}: file_mode {value!r} is not an octal mode; use three or four "
+                "octal digits, for example file_mode=0600 (owner only) or 0640 (group reads)",
+                url=url,
+            )
+        mode = int(digits, 8)
+        if mode & ~0o777 or mode & 0o600 != 0o600:
+            raise StoreURLError(
+                f"store URL {url!r}: file_mode {value!r} must let the owner read and write "
+                "(0600 at least) and hold permission bits alone (at most 0777)",
+                url=url,
+            )
+        return mode
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise StoreURLError(
+            f"store URL {url!r}: busy_timeout {value!r} is not a number of seconds (>= 0)",
+            url=url,
+        )
+    return seconds
+
+
+def dir_mode(file_mode: int) -> int:
+    """The mode of a directory made for store files of ``file_mode``: who may
+    read the files may list the directory."""
+    return file_mode | 0o100 | ((file_mode & 0o044) >> 2)
+
+
+def make_store_dir(path: str, file_mode: int = DEFAULT_FILE_MODE) -> None:
+    """Create the directory of the store file ``path`` (0700 for the default
+    file mode) if it does not exist; an existing directory is left as it is."""
+    parent = os.path.dirname(path) or "."
+    if os.path.isdir(parent):
+        return
+    mode = dir_mode(file_mode)
+    os.makedirs(parent, mode=mode, exist_ok=True)
+    os.chmod(parent, mode)  # the umask may have taken bits away
+
+
 class SqliteStore(SqliteStateMixin, SqlStore):
     """The embedded store, in one SQLite file (``sqlite:///path``)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        file_mode: int | None = None,
+    ) -> None:
         super().__init__()
         self.path = str(path)
-        self.url = f"sqlite:///{self.path}"
         self.busy_timeout = busy_timeout
+        # The database holds task arguments, results and state: owner only
+        # unless the user asked for more. SQLite gives the -wal and -shm files
+        # the database file's mode, so setting it on the database is enough.
+        self.file_mode = DEFAULT_FILE_MODE if file_mode is None else file_mode
+        params = []
+        if file_mode is not None:
+            params.append(f"file_mode=0{file_mode:o}")
+        if busy_timeout != DEFAULT_BUSY_TIMEOUT:
+            params.append(f"busy_timeout={busy_timeout:g}")
+        # Slot processes open the store from this URL: it keeps the options.
+        self.url = f"sqlite:///{self.path}" + ("?" + "&".join(params) if params else "")
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        if os.path.isdir(self.path):
+            raise StoreURLError(
+                f"the store file {self.path} is a directory; give the path of a file in it, "
+                f"for example sqlite:///{os.path.join(self.path, 'accord.db')}",
+                path=self.path,
+            )
         parent = Path(self.path).parent
         if not parent.exists():
             raise StoreURLError(
                 f"the directory of the store file {self.path} does not exist; create it first",
                 path=self.path,
             )
+        self._make_file(explicit=file_mode is not None)
         self._precheck()
         try:
             self._migrate(self._conn())
         except BaseException:
             self.close()
             raise
+
+    def _make_file(self, *, explicit: bool) -> None:
+        """Create the database file with the store's mode before SQLite does
+        (SQLite would create it under the umask, world-readable with the usual
+        022). An existing file keeps its mode unless the URL sets one."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            if explicit:
+                self._set_modes()
+            return
+        except OSError as exc:
+            raise StoreURLError(
+                f"cannot create the store file {self.path}: {exc.strerror}; check that its "
+                "directory is writable",
+                path=self.path,
+            ) from exc
+        try:
+            os.fchmod(fd, self.file_mode)  # exactly the mode asked, whatever the umask
+        finally:
+            os.close(fd)
+
+    def _set_modes(self) -> None:
+        for name in (self.path, self.path + "-wal", self.path + "-shm"):
+            try:
+                if os.stat(name).st_mode & 0o777 != self.file_mode:
+                    os.chmod(name, self.file_mode)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreURLError(
+                    f"cannot give {name} the file_mode 0{self.file_mode:o} the URL asks for: "
+                    f"{exc.strerror}; change it as its owner, or leave file_mode out",
+                    path=self.path,
+                ) from exc
 
     # -- connections ------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -161,7 +343,7 @@ class SqliteStore(SqliteStateMixin, SqlStore):
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass  # the failed COMMIT already rolled back
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, (sqlite3.Error, *BAD_VALUE)):
                 raise translate(exc, self.path) from exc
             raise
 
@@ -169,7 +351,7 @@ class SqliteStore(SqliteStateMixin, SqlStore):
         try:
             conn = self._conn()
             return self._busy(lambda: conn.execute(sql, params).fetchall())
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, *BAD_VALUE) as exc:
             raise translate(exc, self.path) from exc
 
     def _migrate(self, conn: sqlite3.Connection) -> None:

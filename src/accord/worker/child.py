@@ -6,7 +6,9 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any
 
 import msgspec
 
@@ -29,13 +31,15 @@ def child_main(locator: str, store_url: str, conn: Connection, node_id: int) -> 
     encode = msgspec.msgpack.Encoder().encode
     try:
         from accord.app import locate
-        from accord.worker.execute import execute
 
         app = locate(locator)
         if app._store is None:
             app._url = store_url
     except BaseException as exc:  # report why, then exit: the node stops starting slots
-        conn.send_bytes(encode(["fatal", f"cannot load app {locator}: {exc}"]))
+        from accord._checks import MAX_ERROR_CHARS, clean_text, describe_exception
+
+        why = clean_text(f"cannot load app {locator}: {describe_exception(exc)}", MAX_ERROR_CHARS)
+        conn.send_bytes(encode(["fatal", why]))
         raise SystemExit(3) from None
     conn.send_bytes(encode(["ready"]))
     decode_task = msgspec.msgpack.Decoder(ClaimedTask).decode
@@ -54,8 +58,27 @@ def child_main(locator: str, store_url: str, conn: Connection, node_id: int) -> 
         def on_block(flag: bool, task_id: int = task.id) -> None:
             conn.send_bytes(encode(["blocked" if flag else "unblocked", task_id]))
 
-        completion = execute(app, task, node_id=node_id, on_block=on_block)
-        conn.send_bytes(encode(completion))
+        conn.send_bytes(_outcome(encode, app, task, node_id, on_block))
+
+
+def _outcome(
+    encode: Callable[[Any], bytes],
+    app: Any,
+    task: ClaimedTask,
+    node_id: int,
+    on_block: Callable[[bool], None],
+) -> bytes:
+    """The attempt's completion, encoded. Nothing the task does may end this
+    process (the node would report a crash, not what happened): an outcome
+    that cannot be produced or encoded is sent as a failed attempt saying why."""
+    from accord._checks import describe_exception, type_name
+    from accord.worker.execute import error_completion, execute
+
+    try:
+        return encode(execute(app, task, node_id=node_id, on_block=on_block))
+    except Exception as exc:
+        why = f"the attempt's outcome could not be sent to the node: {describe_exception(exc)}"
+        return encode(error_completion(task, why, type_name(exc)))
 
 
 def _die_with_parent() -> None:

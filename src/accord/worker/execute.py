@@ -8,6 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 from accord import context, serde
+from accord._checks import (
+    MAX_ERROR_CHARS,
+    MAX_TRACEBACK_CHARS,
+    ascii_text,
+    clean_text,
+    describe_exception,
+    seconds_or_none,
+    type_name,
+)
 from accord.app import App
 from accord.errors import FencedError, Retry
 from accord.handles import Handle
@@ -21,7 +30,11 @@ def execute(
     node_id: int | None = None,
     on_block: Callable[[bool], None] | None = None,
 ) -> Completion:
-    """Run ``task`` here and report its outcome; never raises ``Exception``."""
+    """Run ``task`` here and report its outcome; never raises ``Exception``.
+
+    Whatever the task returns or raises, the Completion holds only what every
+    store records: texts cleaned, a result that serialises within the limit.
+    """
     registered = app.tasks.get(task.name)
     if registered is None:
         known = ", ".join(sorted(app.tasks)) or "none"
@@ -37,7 +50,12 @@ def execute(
         deps = [serde.loads(raw) for raw in task.dep_results]
         args, kwargs = serde.loads_args(task.args, deps)
     except Exception as exc:
-        return _error(task, f"cannot decode the arguments: {exc}", "DecodeError", retryable=False)
+        return _error(
+            task,
+            f"cannot decode the arguments: {describe_exception(exc)}",
+            "DecodeError",
+            retryable=False,
+        )
     ctx = context.TaskContext(
         app=app,
         task_id=task.id,
@@ -70,31 +88,87 @@ def _run(
     try:
         value = fn(*args, **kwargs)
         ctx.flush()
-        if isinstance(value, Handle):
-            return Completion(task.id, task.fence, Outcome.FORWARD, forward_to=value.id)
-        data = serde.dumps(value, what=f"the result of {task.name}()")
-        if len(data) > app.max_payload:
-            return _error(
-                task,
-                f"the result takes {len(data)} bytes, over the limit of {app.max_payload}; "
-                "put large data in the object store and return a reference",
-                "ResultTooLarge",
-                retryable=False,
-            )
-        return Completion(task.id, task.fence, Outcome.OK, result=data)
     except FencedError as exc:
-        return _error(task, str(exc), "FencedError", retryable=False)
+        return _error(task, describe_exception(exc), "FencedError", retryable=False)
     except Retry as exc:
-        return _error(task, exc.reason, "Retry", retry_delay=exc.delay, trace=False)
+        return _retry(task, exc)
     except TypeError as exc:
-        retryable = "cannot be serialised" not in str(exc)
-        return _error(task, str(exc), "TypeError", retryable=retryable)
+        message = describe_exception(exc)
+        retryable = "cannot be serialised" not in message
+        return _error(task, message, type_name(exc), retryable=retryable)
     except Exception as exc:
-        return _error(task, str(exc) or repr(exc), type(exc).__name__)
-    except (SystemExit, KeyboardInterrupt) as exc:
-        # Raised by the task's code, not meant for the node: in a thread slot it
+        return _error(task, describe_exception(exc), type_name(exc))
+    except BaseException as exc:
+        # Raised by the task's code, not meant for the node (SystemExit,
+        # KeyboardInterrupt, a BaseException of its own): in a thread slot it
         # would end the thread and leave the task running for ever. Fail the attempt.
-        return _error(task, f"the task raised {exc!r}", type(exc).__name__)
+        return _error(task, f"the task raised {_shown(exc)}", type_name(exc))
+    try:
+        return _value(app, task, value)
+    except Exception as exc:  # a value whose own methods fail as it is looked at
+        return _error(
+            task,
+            f"the result of {task.name}() cannot be recorded: {describe_exception(exc)}",
+            type_name(exc),
+            retryable=False,
+        )
+
+
+def _shown(exc: BaseException) -> str:
+    """``repr(exc)`` (``SystemExit(3)``), or what can be said of it if that raises."""
+    try:
+        return repr(exc)
+    except Exception:
+        return describe_exception(exc)
+
+
+def _value(app: App, task: ClaimedTask, value: Any) -> Completion:
+    """The completion for what the task returned; a value that cannot be
+    stored fails the attempt (another attempt would return the same)."""
+    if isinstance(value, Handle):
+        target = value.id
+        if isinstance(target, int) and -(2**63) <= target < 2**63:
+            return Completion(task.id, task.fence, Outcome.FORWARD, forward_to=target)
+        return _error(
+            task,
+            f"{task.name}() returned a handle to task {clean_text(repr(target), 200)}, "
+            "which no store holds",
+            "BadHandle",
+            retryable=False,
+            trace=False,
+        )
+    try:
+        data = serde.dumps(value, what=f"the result of {task.name}()")
+    except Exception as exc:
+        # serde names the value's fault (a TypeError); anything else is a value
+        # whose own methods fail while it is serialised.
+        message = describe_exception(exc)
+        if not isinstance(exc, TypeError):
+            message = f"the result of {task.name}() cannot be serialised: {message}"
+        return _error(task, message, "TypeError", retryable=False)
+    if len(data) > app.max_payload:
+        return _error(
+            task,
+            f"the result takes {len(data)} bytes, over the limit of {app.max_payload}; "
+            "put large data in the object store and return a reference",
+            "ResultTooLarge",
+            retryable=False,
+            trace=False,
+        )
+    return Completion(task.id, task.fence, Outcome.OK, result=data)
+
+
+def _retry(task: ClaimedTask, exc: Retry) -> Completion:
+    reason: object = getattr(exc, "reason", None)
+    message = reason if isinstance(reason, str) else describe_exception(exc)
+    delay: object = getattr(exc, "delay", None)
+    retry_delay = seconds_or_none(delay)
+    if delay is not None and retry_delay is None:
+        message += (
+            f" (Retry(delay={clean_text(repr(delay), 80)}) is not a finite number of seconds "
+            "at least 0: the task's backoff applies)"
+        )
+    return _error(task, message, "Retry", retry_delay=retry_delay, trace=False)
 
 
 def _error(
@@ -106,13 +180,61 @@ def _error(
     retry_delay: float | None = None,
     trace: bool = True,
 ) -> Completion:
+    """A failed attempt, its texts made storable (see accord._checks.clean_text):
+    a task's error message may hold anything, and must never keep the attempt
+    from being recorded."""
     return Completion(
         task.id,
         task.fence,
         Outcome.ERROR,
-        error=message,
-        error_type=error_type,
-        traceback=tb.format_exc() if trace else None,
+        error=clean_text(message, MAX_ERROR_CHARS),
+        error_type=clean_text(error_type, 200),
+        traceback=_traceback() if trace else None,
         retryable=retryable,
         retry_delay=retry_delay,
+    )
+
+
+def _traceback() -> str | None:
+    try:
+        text = tb.format_exc()
+    except Exception as exc:  # a frame or an exception that cannot be shown
+        text = f"(the traceback could not be formatted: {describe_exception(exc)})"
+    return clean_text(text, MAX_TRACEBACK_CHARS)
+
+
+def error_completion(task: ClaimedTask, message: str, error_type: str) -> Completion:
+    """A failed, not retryable attempt made by the slot itself (when the
+    attempt's own outcome could not be produced or sent)."""
+    return _error(task, message, error_type, retryable=False)
+
+
+def unstorable(done: Completion, refused: Exception) -> Completion:
+    """What to record when the store refused ``done`` as bad data (text its
+    encoding cannot hold, say): the attempt fails, its texts in ASCII with
+    escapes (which every store holds), saying why. A task's error keeps its
+    type and its retries; a result that cannot be stored fails for good
+    (another attempt would return the same)."""
+    why = ascii_text(describe_exception(refused), 1000)
+    trace = done.traceback
+    if done.outcome is Outcome.ERROR:
+        message = (
+            f"{done.error or ''} [shown with escapes: the store refused the text as it was: {why}]"
+        )
+        error_type = done.error_type or "Error"
+        retryable = done.retryable
+    else:
+        message = f"the store refused to record this attempt's outcome: {why}"
+        error_type = "UnstorableOutcome"
+        retryable = False
+    return Completion(
+        done.task_id,
+        done.fence,
+        Outcome.ERROR,
+        error=ascii_text(message, MAX_ERROR_CHARS),
+        error_type=ascii_text(error_type, 200),
+        traceback=None if trace is None else ascii_text(trace, MAX_TRACEBACK_CHARS),
+        retryable=retryable,
+        retry_delay=done.retry_delay,
+        duration=done.duration,
     )

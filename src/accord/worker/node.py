@@ -26,10 +26,12 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
+from accord._checks import check_string, check_text
 from accord.app import App
-from accord.errors import ConfigError, StoreError
+from accord.errors import ConfigError, StoreError, StoreUnavailableError, UnstorableError
 from accord.scheduling.policy import NodeSpec, check_capacity, check_speed, fits
 from accord.store.base import ClaimedTask, Completion, Outcome
+from accord.worker.execute import unstorable
 from accord.worker.pool import Pool, make_pool
 
 log = logging.getLogger("accord.node")
@@ -55,6 +57,7 @@ STAGGER = 0.005
 STAGGER_RANKS = 3
 WAIT_FAST = 0.001
 WAIT_SLOW = 0.01
+MAX_NODE_NAME_BYTES = 256
 
 
 class Node:
@@ -121,6 +124,8 @@ class Node:
         self.lease_ttl = float(lease_ttl)
         self.heartbeat_interval = float(heartbeat)
         self.grace = float(grace)
+        if name is not None:
+            check_string(name, "node name", limit=MAX_NODE_NAME_BYTES)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         if isinstance(capabilities, str) or not all(
             isinstance(c, str) and c and "," not in c for c in capabilities
@@ -128,6 +133,8 @@ class Node:
             raise ConfigError(
                 f"capabilities must be a list of labels without commas, not {capabilities!r}"
             )
+        for label in capabilities:
+            check_text(label, "capability", MAX_NODE_NAME_BYTES)
         self.capabilities = sorted(set(capabilities))
         capacity = {"cpu": float(slots), "gpu": 0.0, "memory": _physical_memory_mb()}
         capacity.update(check_capacity(resources or {}))
@@ -316,6 +323,17 @@ class Node:
                             # results make some (a round trip saved per result).
                             only_if_work=not (look or urgent or now >= next_claim),
                         )
+                    except UnstorableError as exc:
+                        if not done:  # not a result's data: nothing to set apart
+                            log.error("the store refused a claim: %s", exc)
+                            self._stop.wait(0.2)
+                            continue
+                        # One of the results holds what this store cannot:
+                        # that row is bad, not the store; record them apart.
+                        done = self._record_apart(done, held, exc)
+                        done_top = MIN_PRIORITY
+                        look = True
+                        continue
                     except StoreError as exc:
                         log.warning("store unavailable, retrying: %s", exc)
                         self._stop.wait(0.2)
@@ -593,23 +611,84 @@ class Node:
         while pool.active() and time.monotonic() < deadline and not self._hard_stop.is_set():
             done.extend(pool.wait(0.05))
             if done:
-                store.exchange(
-                    self.node_id, done, queue=self.app.name, claim=0, lease_ttl=self.lease_ttl
-                )
-                for completion in done:
-                    held.pop(completion.task_id, None)
+                self._record(done, held)
                 done.clear()
         done.extend(pool.wait(0))
         if done:
-            store.exchange(
-                self.node_id, done, queue=self.app.name, claim=0, lease_ttl=self.lease_ttl
-            )
-            for completion in done:
-                held.pop(completion.task_id, None)
+            self._record(done, held)
         unfinished = [(t.id, t.fence) for t in held.values()]
         for task_id, _ in unfinished:
             pool.kill(task_id)
         store.release(self.node_id, unfinished)
+
+    # -- recording results --------------------------------------------------
+    def _record(self, done: list[Completion], held: dict[int, ClaimedTask]) -> None:
+        """Record ``done`` (claiming nothing) while stopping; a store that is
+        down raises, a bad row is set apart as in the loop."""
+        assert self.node_id is not None
+        try:
+            self.app.store.exchange(
+                self.node_id, done, queue=self.app.name, claim=0, lease_ttl=self.lease_ttl
+            )
+        except UnstorableError as exc:
+            left = self._record_apart(done, held, exc)
+            if left:
+                raise StoreUnavailableError(
+                    f"could not record {len(left)} result(s) while stopping: the store became "
+                    "unreachable"
+                ) from exc
+        for completion in done:
+            held.pop(completion.task_id, None)
+
+    def _record_apart(
+        self, done: list[Completion], held: dict[int, ClaimedTask], why: UnstorableError
+    ) -> list[Completion]:
+        """The store refused a batch of results as bad data: some row holds
+        what this store cannot hold (text its encoding lacks, say). Record
+        them one by one, so that the good ones go in and a bad one is recorded
+        as a failed attempt saying why; never resend the batch as if the store
+        were down. Returns the rows left for later if the store does go down
+        meanwhile."""
+        log.warning(
+            "the store refused a batch of %d result(s) as bad data (%s); recording them one by one",
+            len(done),
+            why,
+        )
+        for position, completion in enumerate(done):
+            try:
+                accepted = self._record_one(completion)
+            except StoreError as exc:
+                log.warning("store unavailable, retrying later: %s", exc)
+                return done[position:]
+            held.pop(completion.task_id, None)
+            self.executed += 1
+            if not accepted:
+                self.fenced += 1
+                log.warning("completion of task %d refused: lease lost", completion.task_id)
+        return []
+
+    def _record_one(self, completion: Completion) -> bool:
+        assert self.node_id is not None
+        store = self.app.store
+        try:
+            (accepted,), _ = store.exchange(
+                self.node_id, [completion], queue=self.app.name, claim=0, lease_ttl=self.lease_ttl
+            )
+            return accepted
+        except UnstorableError as exc:
+            refused = exc
+        log.warning("task %d: its outcome is refused by the store: %s", completion.task_id, refused)
+        fallback = unstorable(completion, refused)
+        try:
+            (accepted,), _ = store.exchange(
+                self.node_id, [fallback], queue=self.app.name, claim=0, lease_ttl=self.lease_ttl
+            )
+            return accepted
+        except UnstorableError as exc:
+            # Even ASCII text is refused: the fault is not in this row's data.
+            raise StoreError(
+                f"the store refuses to record any outcome for task {completion.task_id}: {exc}"
+            ) from exc
 
 
 def _by_priority(task: ClaimedTask) -> int:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from accord._checks import describe_exception, type_name
 from accord.app import App
 from accord.store.base import ClaimedTask, Completion, Outcome
 
@@ -371,7 +372,7 @@ class ThreadPool:
         return slot
 
     def _serve(self, slot: _Thread) -> None:
-        from accord.worker.execute import execute
+        from accord.worker.execute import error_completion, execute
 
         while True:
             task = slot.inbox.get()
@@ -381,7 +382,14 @@ class ThreadPool:
             def on_block(flag: bool, slot: _Thread = slot) -> None:
                 self._events.put((slot, "blocked" if flag else "unblocked", None))
 
-            completion = execute(self.app, task, node_id=self.node_id, on_block=on_block)
+            try:
+                completion = execute(self.app, task, node_id=self.node_id, on_block=on_block)
+            except BaseException as exc:
+                # execute() turns what the task raises into a Completion; this is
+                # what is left (a failure in accord's own code): a slot thread
+                # that ended here would leave the task held, and heartbeated, for ever.
+                why = f"the attempt could not be run: {describe_exception(exc)}"
+                completion = error_completion(task, why, type_name(exc))
             self._events.put((slot, "done", completion))
 
     def active(self) -> int:
