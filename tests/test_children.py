@@ -120,3 +120,25 @@ def test_keyed_children_with_other_arguments_fail_the_parent(kids: accord.App, m
         with pytest.raises(accord.TaskFailed, match="idempotency key 'taken' was used") as caught:
             parent.result(timeout=PATIENCE)
     assert caught.value.error_type == "ConflictError"
+
+
+# -- 9: the idempotency key is a per-submit option ---------------------------
+
+
+@pytest.mark.parametrize("register", ["task", "workflow"])
+def test_idempotency_key_refused_at_decoration(
+    register: str, store_url: str, row_counts: Callable[[], dict[str, int]]
+) -> None:
+    app = accord.App("decorated", store=store_url)
+    try:
+        app.store  # noqa: B018 - the store exists before the bad call
+        before = row_counts()
+        decorator = getattr(app, register)
+        with pytest.raises(
+            accord.ConfigError, match=r"with_options\(idempotency_key=\.\.\.\)\.submit"
+        ):
+            decorator(idempotency_key="once")(k.square.fn)
+        assert app.tasks == {}
+        assert row_counts() == before
+    finally:
+        app.close()

@@ -154,7 +154,18 @@ class Task(Generic[P, R]):
         options: TaskOptions,
         *,
         workflow: bool = False,
+        _one_submission: bool = False,
     ) -> None:
+        if options.idempotency_key is not None and not _one_submission:
+            # One key for every call: the first call would own it and every
+            # later call with other arguments would raise ConflictError.
+            kind = "workflow" if workflow else "task"
+            raise ConfigError(
+                f"idempotency_key cannot be an option of @app.{kind} {options.name}: one key "
+                "would name every call, so each call with other arguments would conflict "
+                f"with the first; give a key per submission: {options.name}.with_options("
+                "idempotency_key=...).submit(...)"
+            )
         self.app = app
         self.fn = fn
         self.options = options.validated()
@@ -184,7 +195,7 @@ class Task(Generic[P, R]):
         if "name" in options:
             raise ConfigError("a task's name cannot be changed per submission")
         changed = dataclasses.replace(self.options, **options)
-        return Task(self.app, self.fn, changed, workflow=self.workflow)
+        return Task(self.app, self.fn, changed, workflow=self.workflow, _one_submission=True)
 
     def _new_task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[NewTask, list[Any]]:
         opts = self.options
