@@ -3,12 +3,14 @@ parent still computes, and the idempotency key as a per-submit option only."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import accord
-from accord import serde
+from accord import TaskState, context, serde
 from accord.store.base import NewRun, NewTask
 from apps import kids as k
 from support import bind
@@ -26,6 +28,14 @@ def kids(store_url: str) -> Iterator[accord.App]:
 
 def _new(key: str | None, i: int, name: str = "square") -> NewTask:
     return NewTask(name=name, queue="kids", args=serde.dumps([[i], {}]), idempotency_key=key)
+
+
+def _wait_for(check: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.01)
 
 
 # -- 7: idempotency keys in a batch ------------------------------------------
@@ -120,6 +130,104 @@ def test_keyed_children_with_other_arguments_fail_the_parent(kids: accord.App, m
         with pytest.raises(accord.TaskFailed, match="idempotency key 'taken' was used") as caught:
             parent.result(timeout=PATIENCE)
     assert caught.value.error_type == "ConflictError"
+
+
+# -- 8: children are written while the parent computes -----------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_children_run_on_another_node_while_the_parent_computes(
+    kids: accord.App, mode: str, tmp_path: Path
+) -> None:
+    """The parent submits its children and computes (no result(), no further
+    submit); another node claims and starts every child meanwhile."""
+    n = 5
+    parent = k.fan_out_then_compute.submit(str(tmp_path), n)
+    # Only this node may run the parent, and its one slot is then busy.
+    parent_node = kids.node(mode=mode, slots=1, capabilities=["parents"], name="parent-node")
+    parent_node.start()
+    try:
+        _wait_for(lambda: parent.status() is TaskState.RUNNING, "the parent's start")
+        child_node = kids.node(mode="thread", slots=2, name="child-node")
+        child_node.start()
+        try:
+            started = [tmp_path / f"child-{i}" for i in range(n)]
+            _wait_for(lambda: all(p.exists() for p in started), "every child's start")
+            # The parent is still computing: it can only end once released.
+            assert parent.status() is TaskState.RUNNING
+            (tmp_path / "release").write_text("go")
+            assert parent.result(timeout=PATIENCE) == n
+        finally:
+            child_node.stop()
+            child_node.join()
+    finally:
+        parent_node.stop()
+        parent_node.join()
+    children = [t for t in kids.store.tasks(parent.info().run_id) if t.parent_id == parent.id]
+    assert len(children) == n
+    assert {t.node_name for t in children} == {"child-node"}
+    assert all(t.state is TaskState.SUCCEEDED for t in children)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_failing_parent_leaves_all_its_children(
+    kids: accord.App, mode: str, tmp_path: Path
+) -> None:
+    """Children already written are not taken back when the parent fails; so
+    that none is left half-way, what is still buffered is written too."""
+    n = 50
+    parent = k.fan_out_then_fail.submit(str(tmp_path), n)
+    with kids.embedded_node(mode=mode, slots=1, capabilities=["parents"]):
+        with pytest.raises(accord.TaskFailed, match="fails right after submitting"):
+            parent.result(timeout=PATIENCE)
+    children = [t for t in kids.store.tasks(parent.info().run_id) if t.parent_id == parent.id]
+    assert sorted(t.name for t in children) == ["mark"] * n
+
+
+def test_children_written_in_the_background_carry_the_attempts_fence(kids: accord.App) -> None:
+    """A child is written without any further call of the parent; once a
+    newer attempt holds the parent, the old attempt's children are refused:
+    FencedError from the handle, once from the attempt, nothing written."""
+    store = kids.store
+    run_id, (parent_id,) = store.submit(
+        [_new(None, 0, name="keyed_children")], run=NewRun(app="kids", name="p")
+    )
+    old_node = store.register_node(
+        name="old", host="h", pid=1, queue="kids", slots=1, mode="thread", capabilities=[]
+    )
+    _, (old,) = store.exchange(old_node, [], queue="kids", claim=1, lease_ttl=0.2)
+    ctx = accord.TaskContext(
+        app=kids,
+        task_id=parent_id,
+        run_id=run_id,
+        name=old.name,
+        attempt=old.attempt,
+        max_attempts=old.max_attempts,
+        fence=old.fence,
+    )
+    token = context.enter(ctx)
+    try:
+        k.square.submit(1)
+        _wait_for(
+            lambda: [t.name for t in store.tasks(run_id)] == ["keyed_children", "square"],
+            "the child's row",
+        )
+        time.sleep(0.3)  # the old attempt's lease expires; a new node takes the parent over
+        new_node = store.register_node(
+            name="new", host="h", pid=2, queue="kids", slots=1, mode="thread", capabilities=[]
+        )
+        _, (new,) = store.exchange(new_node, [], queue="kids", claim=1, lease_ttl=30)
+        assert new.fence > old.fence
+        late = k.square.submit(2)
+        with pytest.raises(accord.FencedError, match="no longer holds its lease"):
+            late.id  # noqa: B018
+        ctx.flush()  # the error was raised once
+        with pytest.raises(accord.FencedError):
+            late.id  # noqa: B018 - but the handle keeps it
+    finally:
+        ctx.close()
+        context.leave(token)
+    assert [t.name for t in store.tasks(run_id)] == ["keyed_children", "square"]
 
 
 # -- 9: the idempotency key is a per-submit option ---------------------------

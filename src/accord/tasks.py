@@ -293,18 +293,11 @@ class Task(Generic[P, R]):
         return [Handle(self.app, task_id, self.name) for task_id in ids]
 
     def _add_child(self, ctx: context.TaskContext, new: NewTask, refs: list[Any]) -> Handle[R]:
+        # Numbered by call, before anything can fail: a re-executed parent
+        # numbers the same calls alike.
         new.seq = ctx.next_seq()
         handle: Handle[R] = Handle(self.app, None, self.name, owner=ctx)
-        deps = []
-        for ref in refs:
-            if ref._id is None and not ctx.owns(ref):
-                ref.id  # noqa: B018 - written by its own batch first
-            if ref._id is None:
-                deps.append(-(ctx._handles.index(ref) + 1))
-            else:
-                deps.append(ref._id)
-        new.deps = deps
-        ctx.add(new, handle)
+        ctx.add(new, handle, refs)
         return handle
 
 
