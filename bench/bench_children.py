@@ -61,8 +61,9 @@ def busy(app: accord.App, label: str, rounds: int) -> None:
     deadline = time.monotonic() + 120
     try:
         while len(seen) < rounds and time.monotonic() < deadline:
-            now = time.time()
-            seen += [now] * (count(parent_id) - len(seen))
+            rows = count(parent_id)
+            now = time.time()  # after the read: an upper bound of when the row appeared
+            seen += [now] * (rows - len(seen))
             time.sleep(0.0002)
     finally:
         close()
