@@ -64,7 +64,7 @@ class Handle(Generic[R]):
     """A submitted task. Pass it to another task's ``submit`` to make that
     task depend on this one; the dependent then receives its result."""
 
-    __slots__ = ("_app", "_id", "_name", "_owner")
+    __slots__ = ("_app", "_error", "_id", "_name", "_owner")
 
     def __init__(
         self, app: App, task_id: int | None, name: str, owner: context.TaskContext | None = None
@@ -72,19 +72,30 @@ class Handle(Generic[R]):
         self._app = app
         self._id = task_id
         self._name = name
+        # A child not written yet: the attempt whose batch holds it.
         self._owner = owner
+        self._error: BaseException | None = None
 
     def _bind(self, task_id: int) -> None:
         self._id = task_id
         self._owner = None
 
+    def _fail(self, error: BaseException) -> None:
+        """The batch that held this child was not written."""
+        self._error = error
+        self._owner = None
+
     @property
     def id(self) -> int:
-        """The task's id (writes the submission first if it is still buffered)."""
-        if self._id is None:
-            assert self._owner is not None
+        """The task's id (writes the submission first if it is still buffered).
+
+        Raises the error that kept it from being written, if one did."""
+        if self._id is None and self._owner is not None:
             self._owner.flush()
-        assert self._id is not None
+        if self._id is None:
+            if self._error is not None:
+                raise self._error
+            raise RuntimeError(f"task {self._name} was submitted but not written")
         return self._id
 
     @property

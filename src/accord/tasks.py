@@ -152,7 +152,18 @@ class Task(Generic[P, R]):
         options: TaskOptions,
         *,
         workflow: bool = False,
+        _one_submission: bool = False,
     ) -> None:
+        if options.idempotency_key is not None and not _one_submission:
+            # One key for every call: the first call would own it and every
+            # later call with other arguments would raise ConflictError.
+            kind = "workflow" if workflow else "task"
+            raise ConfigError(
+                f"idempotency_key cannot be an option of @app.{kind} {options.name}: one key "
+                "would name every call, so each call with other arguments would conflict "
+                f"with the first; give a key per submission: {options.name}.with_options("
+                "idempotency_key=...).submit(...)"
+            )
         self.app = app
         self.fn = fn
         self.options = options.validated()
@@ -182,7 +193,7 @@ class Task(Generic[P, R]):
         if "name" in options:
             raise ConfigError("a task's name cannot be changed per submission")
         changed = dataclasses.replace(self.options, **options)
-        return Task(self.app, self.fn, changed, workflow=self.workflow)
+        return Task(self.app, self.fn, changed, workflow=self.workflow, _one_submission=True)
 
     def _new_task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[NewTask, list[Any]]:
         opts = self.options
@@ -280,18 +291,11 @@ class Task(Generic[P, R]):
         return [Handle(self.app, task_id, self.name) for task_id in ids]
 
     def _add_child(self, ctx: context.TaskContext, new: NewTask, refs: list[Any]) -> Handle[R]:
+        # Numbered by call, before anything can fail: a re-executed parent
+        # numbers the same calls alike.
         new.seq = ctx.next_seq()
         handle: Handle[R] = Handle(self.app, None, self.name, owner=ctx)
-        deps = []
-        for ref in refs:
-            if ref._id is None and not ctx.owns(ref):
-                ref.id  # noqa: B018 - written by its own batch first
-            if ref._id is None:
-                deps.append(-(ctx._handles.index(ref) + 1))
-            else:
-                deps.append(ref._id)
-        new.deps = deps
-        ctx.add(new, handle)
+        ctx.add(new, handle, refs)
         return handle
 
 

@@ -227,6 +227,13 @@ class Store(abc.ABC):
         ``parent`` (task id, fence), the tasks are that attempt's children:
         the write is refused with :class:`FencedError` if the attempt lost its
         lease, and a child whose ``seq`` exists already is not made twice.
+
+        A task whose ``idempotency_key`` was used (by any task, or by an
+        earlier task of this batch) is not made again: its id is the existing
+        task's; with another name, other arguments or other dependencies the
+        whole batch is refused with :class:`ConflictError`. When every task
+        exists already nothing is written, and no run is made: the run given
+        back is the first task's.
         """
 
     # -- the node's side ------------------------------------------------

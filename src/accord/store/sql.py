@@ -72,7 +72,22 @@ class _LimitState:
     used: bool = False
 
 
+@dataclass(slots=True)
+class _Plan:
+    """How a batch of submitted tasks is written: each task's id, which of
+    them are new (indices), their dependencies as ids, and the run of each
+    task found by its idempotency key."""
+
+    ids: list[int]
+    fresh: list[int]
+    deps_of: list[list[int]]
+    runs: dict[int, int]
+
+
 _OPEN_STATES = "('pending', 'ready', 'running')"
+# Idempotency keys looked up per statement (far below both backends' limits
+# on bound parameters).
+_KEYS_PER_READ = 500
 _EXPIRED_BATCH = 64
 # Expired leases and missed deadlines are looked for at most this often by
 # each process (claims are much more frequent under load).
@@ -249,6 +264,8 @@ class SqlStore(Store):
     ) -> tuple[int, list[int]]:
         def body(tx: _Tx) -> tuple[int, list[int]]:
             c = tx.c
+            run_id_ = run_id
+            parent_id = None
             if parent is not None:
                 row = c.execute(
                     f"SELECT run_id, fence, state FROM tasks WHERE id = ?{self.share}", (parent[0],)
@@ -262,99 +279,140 @@ class SqlStore(Store):
                         task_id=parent[0],
                         fence=parent[1],
                     )
-                run_id = row[0]
-            if len(tasks) == 1 and tasks[0].idempotency_key is not None:
-                existing = self._idempotent(c, tasks[0])
-                if existing is not None:
-                    return existing
-            new_ids = None
+                run_id_, parent_id = row[0], parent[0]
+            # Ids first (those of tasks that exist already, and new ones), so
+            # that a new run names its root at once.
+            plan = self._plan(c, tasks, parent_id)
+            if tasks and not plan.fresh:
+                # Every task exists (its key was used before, or an earlier attempt
+                # of the parent made it): nothing is written. A new run is not
+                # made either: the answer is the run of the first task.
+                if run is not None:
+                    run_id_ = plan.runs.get(plan.ids[0], run_id_)
+                return _needed(run_id_), plan.ids
             if run is not None:
-                # The tasks' ids are taken first, so the run names its root at once.
-                new_ids = self._new_task_ids(c, len(tasks)) if parent is None else None
-                root = new_ids[0] if new_ids and run.rooted else None
-                run_id = c.execute(
+                # A rooted run is one task (Task.submit, App.start); were its
+                # first task an existing one, the run would have no root of its own.
+                rooted = run.rooted and bool(tasks) and plan.fresh[0] == 0
+                run_id_ = c.execute(
                     "INSERT INTO runs (app, name, state, created_at, root_task_id) "
                     "VALUES (?, ?, 'running', ?, ?) RETURNING id",
-                    (run.app, run.name, tx.now, root),
+                    (run.app, run.name, tx.now, plan.ids[0] if rooted else None),
                 ).fetchone()[0]
-            if run_id is None:
-                raise ValueError("submit needs a run, a run_id or a parent")
-            ids = self._insert_tasks(tx, run_id, tasks, parent[0] if parent else None, new_ids)
-            if new_ids is None and run is not None and run.rooted and tasks:
-                c.execute("UPDATE runs SET root_task_id = ? WHERE id = ?", (ids[0], run_id))
+            run_id_ = _needed(run_id_)
+            self._insert_tasks(tx, run_id_, tasks, parent_id, plan)
             if not tasks:
-                tx.touched.add(run_id)  # an empty run has ended already
+                tx.touched.add(run_id_)  # an empty run has ended already
             self._finish_runs(tx)
-            return run_id, ids
+            return run_id_, plan.ids
 
         return self._write(body)
 
-    def _idempotent(self, c: Conn, task: NewTask) -> tuple[int, list[int]] | None:
-        row = c.execute(
-            "SELECT id, run_id, name, args FROM tasks WHERE idempotency_key = ?",
-            (task.idempotency_key,),
-        ).fetchone()
-        if row is None:
-            return None
-        # Handles among the arguments are stored as positions: compare what they point at.
-        deps = [
-            r[0]
-            for r in c.execute(
-                "SELECT dep_id FROM deps WHERE task_id = ? AND pos >= 0 ORDER BY pos", (row[0],)
-            )
-        ]
-        if row[2] != task.name or bytes(row[3]) != task.args or deps != list(task.deps):
-            raise ConflictError(
-                f"idempotency key {task.idempotency_key!r} was used for task {row[0]} "
-                f"({row[2]}) with other arguments; use a new key for a different call",
-                task_id=row[0],
-            )
-        return row[1], [row[0]]
+    def _plan(self, c: Conn, tasks: list[NewTask], parent_id: int | None) -> _Plan:
+        """The id of each task of a batch: the task that exists already for
+        it, else a new id (``fresh``).
 
-    def _insert_tasks(
-        self,
-        tx: _Tx,
-        run_id: int,
-        tasks: list[NewTask],
-        parent_id: int | None,
-        new_ids: list[int] | None = None,
-    ) -> list[int]:
-        """Write a batch of tasks in a few statements, whatever its size
-        (``new_ids``: ids taken for them already)."""
-        c = tx.c
+        A task exists already when an earlier attempt of its parent made it
+        (the same ``seq``), or when its idempotency key was used: by any
+        task, in any run and any batch, including an earlier task of this
+        batch. A used key with another task name, other arguments or other
+        dependencies is refused with :class:`ConflictError` (nothing of the
+        batch is written), as it is for one task alone.
+        """
         ids: list[int | None] = [None] * len(tasks)
-        states: dict[int, str] = {}
         seqs = [task.seq for task in tasks if task.seq is not None]
         if parent_id is not None and seqs:
             # Children made by an earlier attempt of the parent are not made again.
             where, param = self._ids_in("seq", seqs)
-            made = {
-                seq: (task_id, state)
-                for task_id, seq, state in c.execute(
-                    f"SELECT id, seq, state FROM tasks WHERE parent_id = ? AND {where}",
+            made = dict(
+                c.execute(
+                    f"SELECT seq, id FROM tasks WHERE parent_id = ? AND {where}",
                     (parent_id, param),
-                )
-            }
+                ).fetchall()
+            )
             for i, task in enumerate(tasks):
                 if task.seq in made:
-                    task_id, states_of = made[task.seq]
-                    ids[i] = task_id
-                    states[task_id] = states_of
-        fresh = [i for i, task_id in enumerate(ids) if task_id is None]
-        if new_ids is None:
-            new_ids = self._new_task_ids(c, len(fresh))
-        for i, task_id in zip(fresh, new_ids, strict=True):
+                    ids[i] = made[task.seq]
+        first_with: dict[str, int] = {}  # key -> the batch's first task with it
+        aliases: list[tuple[int, int]] = []  # (a later task, the first) with one key
+        for i, task in enumerate(tasks):
+            key = task.idempotency_key
+            if key is None:
+                continue
+            if key in first_with:
+                aliases.append((i, first_with[key]))
+            else:
+                first_with[key] = i
+        used: dict[int, tuple[int, str, str, bytes]] = {}  # batch index -> (id, key, name, args)
+        runs: dict[int, int] = {}
+        lookup = [key for key, i in first_with.items() if ids[i] is None]
+        for start in range(0, len(lookup), _KEYS_PER_READ):
+            chunk = lookup[start : start + _KEYS_PER_READ]
+            marks = ", ".join("?" * len(chunk))
+            for task_id, run_id, key, name, args in c.execute(
+                "SELECT id, run_id, idempotency_key, name, args FROM tasks "
+                f"WHERE idempotency_key IN ({marks})",
+                chunk,
+            ).fetchall():
+                i = first_with[key]
+                ids[i] = task_id
+                runs[task_id] = run_id
+                used[i] = (task_id, key, name, bytes(args))
+        alias_of = dict(aliases)
+        fresh = [i for i, task_id in enumerate(ids) if task_id is None and i not in alias_of]
+        for i, task_id in zip(fresh, self._new_task_ids(c, len(fresh)), strict=True):
             ids[i] = task_id
-        known: list[int] = [task_id for task_id in ids if task_id is not None]
+        for later, first in aliases:
+            ids[later] = ids[first]
+        known = [task_id for task_id in ids if task_id is not None]  # all of them now
+        # Handles among the arguments are stored as positions: compare what they point at.
         deps_of = [[known[-d - 1] if d < 0 else d for d in task.deps] for task in tasks]
-        outside = sorted({d for i in fresh for d in deps_of[i]} - set(known))
+        if used:
+            where, param = self._ids_in("task_id", [entry[0] for entry in used.values()])
+            stored: dict[int, list[int]] = {}
+            for task_id, dep_id in c.execute(
+                f"SELECT task_id, dep_id FROM deps WHERE {where} AND pos >= 0 "
+                "ORDER BY task_id, pos",
+                (param,),
+            ).fetchall():
+                stored.setdefault(task_id, []).append(dep_id)
+            for i, (task_id, key, name, args) in used.items():
+                task = tasks[i]
+                if (name, args, stored.get(task_id, [])) != (task.name, task.args, deps_of[i]):
+                    raise ConflictError(
+                        f"idempotency key {key!r} was used for task {task_id} ({name}) with "
+                        "other arguments; use a new key for a different call",
+                        task_id=task_id,
+                    )
+        for later, first in aliases:
+            a, b = tasks[later], tasks[first]
+            if (a.name, a.args, deps_of[later]) != (b.name, b.args, deps_of[first]):
+                raise ConflictError(
+                    f"idempotency key {a.idempotency_key!r} was used for an earlier task of "
+                    f"the same batch ({b.name}) with other arguments; use a new key for a "
+                    "different call",
+                    task_id=None if first in fresh else ids[first],
+                )
+        return _Plan(known, fresh, deps_of, runs)
+
+    def _insert_tasks(
+        self, tx: _Tx, run_id: int, tasks: list[NewTask], parent_id: int | None, plan: _Plan
+    ) -> None:
+        """Write a batch's new tasks in a few statements, whatever its size."""
+        c = tx.c
+        fresh, known, deps_of = plan.fresh, plan.ids, plan.deps_of
+        states: dict[int, str] = {}
+        made_here = {known[i] for i in fresh}
+        outside = sorted({d for i in fresh for d in deps_of[i]} - made_here)
         if outside:
-            # Locked until this commit: their ends must see the new dependents.
+            # Tasks that existed before this transaction (also those found by
+            # seq or by key): locked until this commit, since their ends must
+            # see the new dependents.
             where, param = self._ids_in("id", outside)
             states.update(
                 c.execute(f"SELECT id, state FROM tasks WHERE {where}{self.share}", (param,))
             )
-        limits = {task.limit_key: task for task in tasks if task.limit_key is not None}
+        limits = {tasks[i].limit_key: tasks[i] for i in fresh if tasks[i].limit_key is not None}
         for task in limits.values():
             self._define_limit(tx, task)
         rows, dep_rows = [], []
@@ -422,7 +480,6 @@ class SqlStore(Store):
             )
         if dep_rows:
             c.executemany("INSERT INTO deps (task_id, pos, dep_id) VALUES (?, ?, ?)", dep_rows)
-        return known
 
     # -- the node's side --------------------------------------------------
     def exchange(
@@ -1391,6 +1448,12 @@ class SqlStore(Store):
             (run_id, run_id, limit),
         )
         return [Event(*r) for r in reversed(rows)]
+
+
+def _needed(run_id: int | None) -> int:
+    if run_id is None:
+        raise ValueError("submit needs a run, a run_id or a parent")
+    return run_id
 
 
 def _task_info(r: Any) -> TaskInfo:

@@ -72,6 +72,7 @@ def execute(
     try:
         completion = _run(app, registered.fn, task, ctx, args, kwargs)
     finally:
+        ctx.close()  # children still buffered are written before the outcome is reported
         context.leave(token)
     completion.duration = time.perf_counter() - started
     return completion
