@@ -57,11 +57,14 @@ too large for a slot is not parked: its writer waits for the leader lock.
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import fcntl
 import mmap
 import os
+import platform
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -79,10 +82,11 @@ SLOT_SIZE = 16 * 1024
 _HEADER = struct.Struct("<8sII")  # magic, slots, slot size
 _LEADING = struct.Struct("<I")  # pid of the leader, 0 when none (a hint)
 _LEADING_AT = 16
-# One byte per slot: its state. Written last, in one store, so that a process
-# killed while it changes a slot leaves the slot in its previous state.
+# One 32-bit word per slot: its state (in its low byte, written last, in one
+# store, so that a process killed while it changes a slot leaves the slot in
+# its previous state). A word, so that a parked writer can sleep on it (futex).
 _STATES_AT = 64
-HEADER_SIZE = 128
+HEADER_SIZE = 256
 # A slot's contents: owner pid, flags, ticket, group, position, data length.
 _BODY = struct.Struct("<IIQQII")
 SLOT_DATA = SLOT_SIZE - _BODY.size
@@ -99,13 +103,55 @@ _OWNER_BYTE = 64  # + slot: held by the slot's owner while the slot is in use
 # struct flock for F_GETLK (Linux, 64-bit off_t): type, whence, start, len, pid.
 _FLOCK = struct.Struct("@hhqqi4x")
 
-# A parked writer polls its slot this often, backing off to the slower pace
-# (a commit takes about 0.2 ms: polling faster only burns the leader's CPU).
+# A parked writer sleeps on its slot's state word (a futex, on Linux): the
+# leader wakes it when it writes the outcome back, and wakes a PENDING one
+# when it lets go of the leader lock. It wakes by itself after FUTEX_WAIT_S
+# to notice a leader that died. Where there is no futex it polls its slot
+# this often, backing off to the slower pace (a commit takes about 0.2 ms:
+# polling faster only burns the leader's CPU).
+FUTEX_WAIT_S = 0.002
 POLL_FAST = 0.0001
 POLL_SLOW = 0.0004
-# While the header names a leader, a parked writer tries the leader lock only
+# While the header names a leader, a polling writer tries the leader lock only
 # every this many polls (to notice a leader that died holding the name).
 TRY_EVERY = 8
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # shared (not FUTEX_PRIVATE): across processes
+
+
+def _futex_call() -> Callable[..., int] | None:
+    """``syscall(SYS_futex, ...)`` where it is known, else None."""
+    number = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
+    if not sys.platform.startswith("linux") or number is None:
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        return None
+    call.restype = ctypes.c_long
+
+    def futex(address: int, op: int, value: int, timeout: object) -> int:
+        return int(
+            call(
+                ctypes.c_long(number),
+                ctypes.c_void_p(address),
+                ctypes.c_int(op),
+                ctypes.c_uint32(value),
+                timeout,
+                None,
+                ctypes.c_int(0),
+            )
+        )
+
+    return futex
+
+
+_futex = _futex_call()
 
 
 @dataclass(slots=True)
@@ -192,6 +238,35 @@ class _Mapped:
         self.fd = fd
         self.mem = mem
         self.pid = os.getpid()
+        # The address of the state words in this mapping (for the futex).
+        self.words: ctypes.Array[ctypes.c_uint32] | None = (ctypes.c_uint32 * SLOTS).from_buffer(
+            mem, _STATES_AT
+        )
+        self.base = ctypes.addressof(self.words)
+
+    def close(self) -> None:
+        self.words = None  # the mapping cannot close while exported
+        try:
+            self.mem.close()
+        finally:
+            os.close(self.fd)
+
+    def wake(self, slot: int) -> None:
+        if _futex is not None:
+            _futex(self.base + 4 * slot, _FUTEX_WAKE, 1, None)
+
+    def sleep(self, slot: int, state: int, seconds: float) -> None:
+        """Sleep until slot's state word is no longer ``state``, a wake, or ``seconds``."""
+        if _futex is None:
+            time.sleep(seconds)
+            return
+        whole = int(seconds)
+        _futex(
+            self.base + 4 * slot,
+            _FUTEX_WAIT,
+            state,
+            ctypes.byref(_Timespec(whole, int((seconds - whole) * 1e9))),
+        )
 
 
 class CommitGroup:
@@ -228,10 +303,7 @@ class CommitGroup:
     def close(self) -> None:
         mapped, self._mapped = self._mapped, None
         if mapped is not None and mapped.pid == os.getpid():
-            try:
-                mapped.mem.close()
-            finally:
-                os.close(mapped.fd)
+            mapped.close()
 
     def _lock_queue(self, m: _Mapped) -> None:
         self._queue_guard.acquire()
@@ -249,7 +321,7 @@ class CommitGroup:
 
     @staticmethod
     def _states(m: _Mapped) -> bytes:
-        return m.mem[_STATES_AT : _STATES_AT + SLOTS]
+        return m.mem[_STATES_AT : _STATES_AT + 4 * SLOTS : 4]
 
     @staticmethod
     def _body(m: _Mapped, i: int) -> tuple[int, int, int, int, int, int]:
@@ -272,7 +344,7 @@ class CommitGroup:
             m.mem[base + _BODY.size : base + _BODY.size + len(data)] = data
         if body is not None:
             _BODY.pack_into(m.mem, base, *body)
-        m.mem[_STATES_AT + i] = state
+        m.mem[_STATES_AT + 4 * i] = state
 
     def _data(self, m: _Mapped, i: int, length: int) -> bytes:
         base = HEADER_SIZE + i * SLOT_SIZE + _BODY.size
@@ -314,6 +386,11 @@ class CommitGroup:
             fcntl.lockf(m.fd, fcntl.LOCK_UN, 1, _LEADER_BYTE)
         finally:
             self._leader_guard.release()
+        # A request parked after our take() waits for a leader: wake its
+        # writer to lead (it would otherwise wait for a new writer or its timeout).
+        states = self._states(m)
+        if PENDING in states:
+            m.wake(states.index(PENDING))
 
     def leading(self) -> bool:
         """Whether the header names a leader (a hint: it may have died since)."""
@@ -367,7 +444,7 @@ class CommitGroup:
     def state(self, slot: int, ticket: int) -> int:
         """The slot's state as seen without the lock (a hint: re-check under it)."""
         m = self._map()
-        state = m.mem[_STATES_AT + slot]
+        state = m.mem[_STATES_AT + 4 * slot]
         return state if self._body(m, slot)[2] == ticket else FREE
 
     def collect(self, slot: int, ticket: int) -> bytes | InDatabase | None:
@@ -381,7 +458,7 @@ class CommitGroup:
         self._lock_queue(m)
         try:
             _, flags, owner_ticket, group, pos, length = self._body(m, slot)
-            if owner_ticket != ticket or m.mem[_STATES_AT + slot] != DONE:
+            if owner_ticket != ticket or m.mem[_STATES_AT + 4 * slot] != DONE:
                 return None
             if flags & IN_DB:
                 return InDatabase(group, pos)
@@ -396,7 +473,7 @@ class CommitGroup:
         m = self._map()
         self._lock_queue(m)
         try:
-            state = m.mem[_STATES_AT + slot]
+            state = m.mem[_STATES_AT + 4 * slot]
             if self._body(m, slot)[2] != ticket or state == FREE:
                 return
             if state == TAKEN:
@@ -415,7 +492,7 @@ class CommitGroup:
         self._lock_queue(m)
         try:
             owner_ticket = self._body(m, slot)[2]
-            if owner_ticket != ticket or m.mem[_STATES_AT + slot] != PENDING:
+            if owner_ticket != ticket or m.mem[_STATES_AT + 4 * slot] != PENDING:
                 return False
             self._free(m, slot, ticket)
             return True
@@ -483,7 +560,7 @@ class CommitGroup:
         try:
             for slot, ticket, group, pos, outcome in done:
                 pid, _, owner_ticket, *_ = self._body(m, slot)
-                if m.mem[_STATES_AT + slot] != TAKEN or owner_ticket != ticket:
+                if m.mem[_STATES_AT + 4 * slot] != TAKEN or owner_ticket != ticket:
                     continue
                 if outcome is None:
                     self._set(m, slot, PENDING)  # the request is still in the slot
@@ -491,6 +568,7 @@ class CommitGroup:
                     self._set(m, slot, DONE, (pid, IN_DB, ticket, group, pos, 0))
                 else:
                     self._set(m, slot, DONE, (pid, 0, ticket, 0, 0, len(outcome)), outcome)
+                m.wake(slot)
         finally:
             self._unlock_queue(m)
 
@@ -567,12 +645,14 @@ class CommitGroup:
         fetch: Callable[[InDatabase], bytes],
         timeout: float,
     ) -> bytes:
+        m = self._map()
+        slot = parked[0]
         deadline = time.monotonic() + timeout
-        pause = POLL_FAST
-        time.sleep(pause)  # a leader is at work: give it time before looking
+        pause = FUTEX_WAIT_S if _futex is not None else POLL_FAST
         polls = 0
         while True:
-            if self.state(*parked) == DONE:
+            state = self.state(*parked)
+            if state == DONE:
                 outcome = self.collect(*parked)
                 if isinstance(outcome, InDatabase):
                     try:
@@ -581,8 +661,11 @@ class CommitGroup:
                         self.release(*parked)
                 if outcome is not None:
                     return outcome
-            polls += 1
-            if (not self.leading() or polls % TRY_EVERY == 0) and self.try_lead():
+            elif (
+                polls
+                and (_futex is not None or not self.leading() or polls % TRY_EVERY == 0)
+                and self.try_lead()
+            ):
                 try:
                     lead(False)  # runs ours among the parked ones
                 except Exception:
@@ -596,8 +679,10 @@ class CommitGroup:
             if time.monotonic() > deadline and self.withdraw(*parked):
                 raise self._locked(timeout)
             # Past the deadline but taken by a leader: its outcome is coming.
-            time.sleep(pause)
-            pause = min(pause * 1.5, POLL_SLOW)
+            m.sleep(slot, state, pause)
+            polls += 1
+            if _futex is None:
+                pause = min(pause * 1.5, POLL_SLOW)
 
     def _locked(self, timeout: float) -> StoreError:
         return StoreError(
