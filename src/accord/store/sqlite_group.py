@@ -202,6 +202,19 @@ def _full(path: str, exc: OSError) -> StoreError:
     )
 
 
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks (ENOSPC now rather than SIGBUS later)."""
+    try:
+        os.posix_fallocate(fd, 0, FILE_SIZE)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        # A file system without fallocate: write the zeros ourselves.
+        if size < FILE_SIZE:
+            os.pwrite(fd, bytes(FILE_SIZE - size), size)
+            os.fsync(fd)
+
+
 class _Mapped:
     """This process's view of the slot file (one descriptor per process)."""
 
@@ -219,14 +232,15 @@ class _Mapped:
                 # Reserve the blocks before mapping: writing through a map onto
                 # a full disk raises SIGBUS; this raises ENOSPC instead. Also
                 # for a file that exists (an older accord made it sparse).
-                os.posix_fallocate(fd, 0, FILE_SIZE)
-                mem = mmap.mmap(fd, FILE_SIZE)
-                magic, slots, size = _HEADER.unpack_from(mem, 0)
-                if magic != MAGIC or slots != SLOTS or size != SLOT_SIZE:
+                _reserve(fd, st.st_size)
+                head = os.pread(fd, _HEADER.size, 0).ljust(_HEADER.size, b"\0")
+                if _HEADER.unpack(head) != (MAGIC, SLOTS, SLOT_SIZE):
                     # New (or written by another version of accord, which must
-                    # not be running: see docs/state.md).
-                    mem[:FILE_SIZE] = bytes(FILE_SIZE)
-                    _HEADER.pack_into(mem, 0, MAGIC, SLOTS, SLOT_SIZE)
+                    # not be running: see docs/state.md). Written with pwrite,
+                    # not through the map, so that any failure is an errno.
+                    os.pwrite(fd, bytes(FILE_SIZE), 0)
+                    os.pwrite(fd, _HEADER.pack(MAGIC, SLOTS, SLOT_SIZE), 0)
+                mem = mmap.mmap(fd, FILE_SIZE)
             finally:
                 fcntl.lockf(fd, fcntl.LOCK_UN, 1, _QUEUE_BYTE)
         except OSError as exc:

@@ -212,19 +212,23 @@ class SqliteStateMixin(SqlStateMixin):
             with self._tx() as tx:
                 c = tx.c
                 self._resolve_orphans(c, group)
-                meta, _ = self._begin_kv(tx)
+                meta, expired = self._begin_kv(tx)
+                # The revision, known exactly while we hold SQLite's write lock
+                # (unless expired leases just took one): each request's
+                # outcome carries it on to the next.
+                current: int | None = None if expired else meta.revision
                 last = meta.revision
                 if own is not None:
                     try:
-                        own_outcome = self._txn_body(tx, own)
-                        last = max(last, own_outcome.revision)
+                        own_outcome = self._txn_body(tx, own, current)
+                        last = current = max(last, own_outcome.revision)
                     except AccordError as exc:
                         own_error = exc
                 taken = group.take(number)
                 for item in taken:
                     try:
-                        outcome = self._txn_body(tx, _decode_request(item.request))
-                        last = max(last, outcome.revision)
+                        outcome = self._txn_body(tx, _decode_request(item.request), current)
+                        last = current = max(last, outcome.revision)
                         outcomes.append(_encode_outcome(outcome))
                     except AccordError as exc:
                         outcomes.append(_encode_error(exc))
