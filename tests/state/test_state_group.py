@@ -103,7 +103,7 @@ def test_a_leader_that_died_after_its_commit(app: accord.App) -> None:
     try:
         # The leader takes it, commits it with its outcome, and dies before writing back.
         with store._tx() as tx:
-            (taken,) = group.take(12345)
+            (taken,) = group.take(12345, False)
             outcome = store._txn_body(tx, _decode_request(taken.request))
             tx.c.execute(
                 "INSERT INTO kv_groups (id, outcomes) VALUES (?, ?)",
@@ -129,7 +129,7 @@ def test_a_leader_that_died_before_its_commit(app: accord.App) -> None:
     assert group.try_lead()
     try:
         with pytest.raises(RuntimeError), store._tx() as tx:
-            (taken,) = group.take(777)
+            (taken,) = group.take(777, False)
             store._txn_body(tx, _decode_request(taken.request))
             raise RuntimeError("the leader dies: its transaction rolls back")
     finally:

@@ -208,6 +208,7 @@ class SqliteStateMixin(SqlStateMixin):
         outcomes: list[bytes] = []
         number = new_group_id()
         last = 0
+        group.gather(own is not None)  # before the database lock: others write meanwhile
         try:
             with self._tx() as tx:
                 c = tx.c
@@ -224,7 +225,7 @@ class SqliteStateMixin(SqlStateMixin):
                         last = current = max(last, own_outcome.revision)
                     except AccordError as exc:
                         own_error = exc
-                taken = group.take(number)
+                taken = group.take(number, own is not None)
                 for item in taken:
                     try:
                         outcome = self._txn_body(tx, _decode_request(item.request), current)
