@@ -21,8 +21,12 @@ commits itself):
   savepoints: a request that fails (a fence that no longer holds, a lease
   that expired) fails before its first write, so it leaves nothing behind,
   and a failure of the database itself fails the whole group. A writer that
-  does not get the lock parks its request in a slot and polls: for its
-  outcome, and for the leader lock (the leader may finish, or die).
+  does not get the lock parks its request in a slot and sleeps on the slot's
+  state word (a futex; polling where there is none): the leader wakes it
+  when its outcome is back, or to lead when it lets go of the lock, and it
+  wakes by itself every few milliseconds to try the lock (the leader may
+  have died). A new leader waits a fraction of a millisecond for the
+  writers of the last group to park again, so that one commit serves them.
 - Each group has a random 63-bit id, never reused, and the leader records the
   group's outcomes in the database (``kv_groups``) under that id, in the
   same transaction as its writes. So "group G is in the database" is exactly
@@ -49,6 +53,9 @@ commits itself):
   which belong to the process, so threads of one process also take a
   ``threading.Lock``; a process keeps one descriptor of the file (closing
   any descriptor of a file drops all of the process's locks on it).
+- The file's blocks are reserved (``posix_fallocate``) before it is mapped,
+  and it is initialised with ``pwrite``: a full disk is ``StorageFullError``,
+  never a SIGBUS from writing through the map.
 
 Requests and outcomes are opaque bytes here (see ``sqlite_state``). A request
 too large for a slot is not parked: its writer waits for the leader lock.

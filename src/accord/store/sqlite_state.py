@@ -7,7 +7,10 @@
   SQLite commits one transaction at a time, so one process commits the
   writes of the processes waiting behind it, in one transaction and one
   fsync. Each request runs the shared :meth:`SqlStateMixin._txn_body`; the
-  outcomes travel between processes as msgpack.
+  outcomes travel between processes as msgpack, in the request's slot or,
+  when larger than a slot, in the group's row of ``kv_groups``. (The
+  ``kv_meta.last_group`` column, the group counter of an earlier design whose
+  numbers could be reused, is no longer read or written.)
 - **Read transactions** (:meth:`SqliteStateMixin._snap`): in WAL mode a
   ``BEGIN`` ... ``COMMIT`` read sees one commit and nothing after it.
 
