@@ -10,7 +10,7 @@
   outcomes travel between processes as msgpack, in the request's slot or,
   when larger than a slot, in the group's row of ``kv_groups``. (The
   ``kv_meta.last_group`` column, the group counter of an earlier design whose
-  numbers could be reused, is no longer read or written.)
+  numbers could be reused, is no longer used.)
 - **Read transactions** (:meth:`SqliteStateMixin._snap`): in WAL mode a
   ``BEGIN`` ... ``COMMIT`` read sees one commit and nothing after it.
 
