@@ -710,6 +710,14 @@ class CommitGroup:
                         self.release(*parked)
                 if outcome is not None:
                     return outcome
+            elif state == FREE:
+                # Freed by a leader that took us for dead (it cannot, while we
+                # hold the slot's lock): the request was not applied.
+                raise StoreError(
+                    f"the write to {self.path.removesuffix('-group')} was dropped from the "
+                    "group-commit queue; nothing was written: retry it",
+                    path=self.path,
+                )
             elif (
                 polls
                 and (_futex is not None or not self.leading() or polls % TRY_EVERY == 0)
