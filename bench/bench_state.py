@@ -4,6 +4,10 @@
 Prints, with durable commits (WAL, synchronous=FULL), each figure with the
 floor it must meet where the issue sets one:
 
+- the machine's own baseline: one-row ``INSERT`` + ``COMMIT`` transactions
+  in plain SQLite (WAL, synchronous=FULL), in one process and summed over 4
+  (what one durable commit costs here; accord's figures are read against it);
+
 - get, put and compare-and-set operations per second, in one process and
   summed over 4 processes (each on its own key, so every CAS succeeds; a
   contended counter is shown as well);
@@ -13,7 +17,10 @@ floor it must meet where the issue sets one:
   process and a receiver process), one message per call and in batches;
 - topic messages per second, published and received end to end.
 
-    python bench/bench_state.py [--quick] [--postgresql URL]
+    python bench/bench_state.py [--quick] [--only put,cas] [--postgresql URL]
+
+``--only`` keeps the rows whose label contains one of the words (the
+baseline rows are always printed).
 
 With ``--postgresql`` the same figures are taken on a PostgreSQL server (each
 in a new database made there); the floors are the embedded store's.
@@ -36,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 import accord
 
 GET_FLOOR = 20_000
-PUT_FLOOR_1 = 2_000
+PUT_FLOOR_1 = 3_000
 PUT_FLOOR_4 = 4_000
 WATCH_P50_FLOOR_MS = 10.0
 MAILBOX_FLOOR = 2_000
@@ -80,6 +87,51 @@ def _ops_worker(url: str, kind: str, key: str, seconds: float, start: Any, out: 
             if time.perf_counter() >= stop:
                 break
         out.put(done / (time.perf_counter() - t0))
+
+
+def _raw_worker(path: str, key: str, seconds: float, start: Any, out: Any) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    start.wait()
+    done = 0
+    t0 = time.perf_counter()
+    stop = t0 + seconds
+    while time.perf_counter() < stop:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT OR REPLACE INTO t (k, v) VALUES (?, ?)", (key, done))
+        conn.execute("COMMIT")
+        done += 1
+    out.put(done / (time.perf_counter() - t0))
+    conn.close()
+
+
+def raw_commits_per_second(folder: Path, processes: int, seconds: float) -> float:
+    """The machine's baseline: durable one-row transactions in plain SQLite."""
+    import sqlite3
+
+    path = str(folder / f"raw{processes}.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
+    conn.close()
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_raw_worker, args=(path, f"k{i}", seconds, start, out))
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(0.5 + 0.1 * processes)
+    start.set()
+    rates = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    return float(sum(rates))
 
 
 def ops_per_second(url: str, kind: str, processes: int, seconds: float) -> float:
@@ -235,7 +287,11 @@ def main() -> None:
         help="measure a PostgreSQL server instead (a URL of a database to connect to, "
         "allowed to create databases)",
     )
+    parser.add_argument(
+        "--only", metavar="WORDS", help="comma-separated words: keep only the rows naming one"
+    )
     args = parser.parse_args()
+    only = [w.strip() for w in args.only.split(",")] if args.only else None
     seconds = 1.0 if args.quick else 3.0
     scale = 1 if not args.quick else 0
     server: str | None = args.postgresql
@@ -248,87 +304,59 @@ def main() -> None:
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory(prefix="accord-bench-state-") as tmp:
         folder = Path(tmp)
-        lines: list[Callable[[], str]] = [
-            lambda: row(
-                "get /s, 1 process",
-                ops_per_second(fresh("g1"), "get", 1, seconds),
-                "ops/s",
-                GET_FLOOR,
-            ),
-            lambda: row(
-                "get /s, 4 processes",
-                ops_per_second(fresh("g4"), "get", 4, seconds),
-                "ops/s",
-            ),
-            lambda: row(
-                "put /s, 1 process",
-                ops_per_second(fresh("p1"), "put", 1, seconds),
-                "ops/s",
-                PUT_FLOOR_1,
-            ),
-            lambda: row(
-                "put /s, 4 processes (sum)",
-                ops_per_second(fresh("p4"), "put", 4, seconds),
-                "ops/s",
-                PUT_FLOOR_4,
-            ),
-            lambda: row(
-                "compare-and-set /s, 1 process",
-                ops_per_second(fresh("c1"), "cas", 1, seconds),
-                "ops/s",
-                PUT_FLOOR_1,
-            ),
-            lambda: row(
-                "compare-and-set /s, 4 processes (sum)",
-                ops_per_second(fresh("c4"), "cas", 4, seconds),
-                "ops/s",
-                PUT_FLOOR_4,
-            ),
-            lambda: row(
-                "contended counter increments /s, 4 processes",
-                ops_per_second(fresh("n4"), "counter", 4, seconds),
-                "ops/s",
-            ),
+        if server is None:
+            for n in (1, 4):
+                label = "baseline: SQLite one-row commits /s, " + (
+                    "1 process" if n == 1 else f"{n} processes (sum)"
+                )
+                print(row(label, raw_commits_per_second(folder, n, seconds), "tx/s"), flush=True)
+        ops: list[tuple[str, str, int, str, float | None]] = [
+            ("get /s, 1 process", "get", 1, "g1", GET_FLOOR),
+            ("get /s, 4 processes", "get", 4, "g4", None),
+            ("put /s, 1 process", "put", 1, "p1", PUT_FLOOR_1),
+            ("put /s, 4 processes (sum)", "put", 4, "p4", PUT_FLOOR_4),
+            ("compare-and-set /s, 1 process", "cas", 1, "c1", PUT_FLOOR_1),
+            ("compare-and-set /s, 4 processes (sum)", "cas", 4, "c4", PUT_FLOOR_4),
+            ("contended counter increments /s, 4 processes", "counter", 4, "n4", None),
         ]
-        for line in lines:
-            print(line(), flush=True)
-        p50, p99 = watch_latency(fresh("w"), 500 + 1500 * scale)
-        print(row("watch delivery latency p50", p50, "ms", WATCH_P50_FLOOR_MS, lower=True))
-        print(row("watch delivery latency p99", p99, "ms"))
+
+        def wanted(label: str) -> bool:
+            return only is None or any(word in label for word in only)
+
+        for label, kind, n, name, floor in ops:
+            if wanted(label):
+                rate = ops_per_second(fresh(name), kind, n, seconds)
+                print(row(label, rate, "ops/s", floor), flush=True)
+        if wanted("watch delivery latency"):
+            p50, p99 = watch_latency(fresh("w"), 500 + 1500 * scale)
+            print(row("watch delivery latency p50", p50, "ms", WATCH_P50_FLOOR_MS, lower=True))
+            print(row("watch delivery latency p99", p99, "ms"))
         count = 2000 + 8000 * scale
-        print(
-            row(
+        rates: list[tuple[str, Callable[[], float], float | None]] = [
+            (
                 "mailbox sent+acked /s, batches of 100",
-                mailbox_rate(fresh("mb"), count, 100),
-                "msg/s",
+                lambda: mailbox_rate(fresh("mb"), count, 100),
                 MAILBOX_FLOOR,
             ),
-            flush=True,
-        )
-        print(
-            row(
+            (
                 "mailbox sent+acked /s, one per call",
-                mailbox_rate(fresh("m1"), count // 4, 1),
-                "msg/s",
+                lambda: mailbox_rate(fresh("m1"), count // 4, 1),
+                None,
             ),
-            flush=True,
-        )
-        print(
-            row(
+            (
                 "topic published+received /s, batches of 100",
-                topic_rate(fresh("tb"), count, 100),
-                "msg/s",
+                lambda: topic_rate(fresh("tb"), count, 100),
+                None,
             ),
-            flush=True,
-        )
-        print(
-            row(
+            (
                 "topic published+received /s, one per call",
-                topic_rate(fresh("t1"), count // 4, 1),
-                "msg/s",
+                lambda: topic_rate(fresh("t1"), count // 4, 1),
+                None,
             ),
-            flush=True,
-        )
+        ]
+        for label, measure, floor in rates:
+            if wanted(label):
+                print(row(label, measure(), "msg/s", floor), flush=True)
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 

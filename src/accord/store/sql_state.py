@@ -334,14 +334,18 @@ class SqlStateMixin(StateStore):
         revision, compacted, retain = c.execute(_META).fetchone()
         return revision, compacted, retain
 
-    def _apply(self, tx: _Tx, ops: Iterable[KvOp], task_id: int | None) -> tuple[int, int]:
+    def _apply(
+        self, tx: _Tx, ops: Iterable[KvOp], task_id: int | None, current: int | None = None
+    ) -> tuple[int, int]:
         """Apply puts and deletes as the next revision; return (changes, revision).
 
         Takes no revision (and returns the current one) if nothing changes.
-        The caller holds the write lock of keys.
+        The caller holds the write lock of keys; ``current``, when the caller
+        knows it (it read it under that lock), spares reading it again.
         """
         c = tx.c
-        current: int = c.execute(_REVISION).fetchone()[0]
+        if current is None:
+            current = int(c.execute(_REVISION).fetchone()[0])
         revision = current + 1
         history: list[tuple[Any, ...]] = []
         for op in ops:
@@ -572,12 +576,12 @@ class SqlStateMixin(StateStore):
                 failed.append((compare, saw))
         return TxnOutcome(False, current, 0, tuple(failed)) if failed else None
 
-    def _txn_body(self, tx: _Tx, req: _TxnRequest) -> TxnOutcome:
+    def _txn_body(self, tx: _Tx, req: _TxnRequest, current: int | None = None) -> TxnOutcome:
         """One compare/then/else transaction: its fence, then :meth:`_decide`."""
         self._check_fence(tx.c, req.fence, "state write")
-        return self._decide(tx, req)
+        return self._decide(tx, req, current)
 
-    def _decide(self, tx: _Tx, req: _TxnRequest) -> TxnOutcome:
+    def _decide(self, tx: _Tx, req: _TxnRequest, current: int | None = None) -> TxnOutcome:
         """Evaluate the compares and apply the branch they choose; the caller
         holds the write lock of keys and has checked the fence.
 
@@ -612,7 +616,7 @@ class SqlStateMixin(StateStore):
                         lease_id=op.lease_id,
                         key=op.key,
                     )
-        changed, revision = self._apply(tx, ops, req.task_id)
+        changed, revision = self._apply(tx, ops, req.task_id, current)
         return TxnOutcome(not failed, revision, changed, tuple(failed))
 
     def kv_changes(

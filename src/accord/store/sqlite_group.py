@@ -2,32 +2,60 @@
 
 SQLite commits one transaction at a time, and a durable commit costs one
 fsync of the WAL (about 0.2 ms here), so processes that each write one key
-per transaction are capped at about 4,500 commits per second together, less
-with the lock's hand-over gaps. Group commit lifts the cap without weakening
-durability: one process commits the pending writes of the others with its
-own, in one transaction and one fsync.
+per transaction are capped at a few thousand commits per second together,
+less with the lock's hand-over gaps. Group commit lifts the cap without
+weakening durability: one process commits the pending writes of the others
+with its own, in one transaction and one fsync.
 
 How it works (a PostgreSQL backend needs none of this: its server groups
 commits itself):
 
-- A small shared file next to the database (``<db>-group``) holds a table of
-  request slots, mapped into every process that writes state. A slot is
-  FREE, PENDING (a request waits), TAKEN (a leader runs it in group G at
-  position i) or DONE (its outcome is written back).
-- A writer that gets the *leader* lock (an ``fcntl`` lock on byte 0 of the
+- A small shared file next to the database (``<db>-group``, mode 0600) holds
+  a table of request slots, mapped into every process that writes state. A
+  slot is FREE, PENDING (a request waits), TAKEN (a leader runs it in group G
+  at position i) or DONE (its outcome is written back: in the slot, or, when
+  it does not fit, left in the database as position i of group G).
+- A writer that gets the *leader* lock (an ``fcntl`` lock on one byte of the
   file, released by the kernel if the process dies) runs its own request and
-  every PENDING one in one database transaction, each request in a savepoint
-  of its own, so that one failing request does not undo the others. A writer
-  that does not get it parks its request in a slot and polls: for its outcome,
-  and for the leader lock (the leader may finish, or die).
-- The leader records the group's outcomes in the database (``kv_groups``) in
-  the same transaction. If it dies after its commit but before writing the
-  outcomes back, the next leader finds TAKEN slots, reads group G from the
-  database and finishes them; if it died before its commit, group G is not
-  there, and the requests go back to PENDING (they were never applied).
-- The slot table itself is guarded by a second lock (byte 1), held only for
-  a few microseconds at a time. Both are POSIX record locks, which belong to
-  the process, so threads of one process also take a ``threading.Lock``.
+  every PENDING one in one database transaction, one after the other. No
+  savepoints: a request that fails (a fence that no longer holds, a lease
+  that expired) fails before its first write, so it leaves nothing behind,
+  and a failure of the database itself fails the whole group. A writer that
+  does not get the lock parks its request in a slot and sleeps on the slot's
+  state word (a futex; polling where there is none): the leader wakes it
+  when its outcome is back, or to lead when it lets go of the lock, and it
+  wakes by itself every few milliseconds to try the lock (the leader may
+  have died). A new leader waits a fraction of a millisecond for the
+  writers of the last group to park again, so that one commit serves them.
+- Each group has a random 63-bit id, never reused, and the leader records the
+  group's outcomes in the database (``kv_groups``) under that id, in the
+  same transaction as its writes. So "group G is in the database" is exactly
+  "group G committed". A leader that dies leaves TAKEN slots; the next
+  leader, which scans every slot (there are no counters to trust), finds
+  them and reads G: if it is there the requests were applied and their
+  outcomes are copied to the slots; if not they were not applied, and they
+  go back to PENDING.
+- A request is applied only if its owner is alive when a leader takes it:
+  the owner holds an ``fcntl`` lock on its slot's own byte from before it
+  parks until after it frees the slot, and the leader tests it (``F_GETLK``;
+  kernel-kept, so a reused pid cannot pass for the owner). A PENDING request
+  of a dead owner is freed, never applied. An owner gives up on (withdraws)
+  only a request that is still PENDING, so it is never told "nothing was
+  written" about a request that is applied later.
+- Outcomes are never bounded by the slot: one too large for it stays in the
+  database, and ``kv_groups`` rows are pruned only when no slot refers to
+  them (the leader prunes under the leader lock, and only leaders add
+  references).
+- Every change of a slot writes its contents first and its one-byte state
+  last: a process killed half-way leaves the slot in its old state, which
+  the next leader handles as above. The slot table is guarded by a second
+  lock, held a few microseconds at a time. The locks are POSIX record locks,
+  which belong to the process, so threads of one process also take a
+  ``threading.Lock``; a process keeps one descriptor of the file (closing
+  any descriptor of a file drops all of the process's locks on it).
+- The file's blocks are reserved (``posix_fallocate``) before it is mapped,
+  and it is initialised with ``pwrite``: a full disk is ``StorageFullError``,
+  never a SIGBUS from writing through the map.
 
 Requests and outcomes are opaque bytes here (see ``sqlite_state``). A request
 too large for a slot is not parked: its writer waits for the leader lock.
@@ -36,43 +64,107 @@ too large for a slot is not parked: its writer waits for the leader lock.
 from __future__ import annotations
 
 import collections
+import ctypes
+import errno
 import fcntl
 import mmap
 import os
-import random
+import platform
 import struct
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from accord.errors import StoreError
+from accord.errors import StorageFullError, StoreError
 
 R = TypeVar("R")
 
-MAGIC = b"ACCGRP01"
+MAGIC = b"ACCGRP02"
 SLOTS = 32
 SLOT_SIZE = 16 * 1024
-_HEADER = struct.Struct("<8sIIII")  # magic, slots, slot size, pending, taken
-_LEADING = struct.Struct("<I")  # at offset 32: pid of the leader, 0 when none
-_LEADING_AT = 32
-_SLOT = struct.Struct("<IIQQII")  # state, pid, ticket, group, position, length
-HEADER_SIZE = 64
-SLOT_DATA = SLOT_SIZE - _SLOT.size
+_HEADER = struct.Struct("<8sII")  # magic, slots, slot size
+_LEADING = struct.Struct("<I")  # pid of the leader, 0 when none (a hint)
+_LEADING_AT = 16
+# How many requests the last group committed (a hint for the next leader).
+_LAST_SIZE = struct.Struct("<I")
+_LAST_SIZE_AT = 20
+# One 32-bit word per slot: its state (in its low byte, written last, in one
+# store, so that a process killed while it changes a slot leaves the slot in
+# its previous state). A word, so that a parked writer can sleep on it (futex).
+_STATES_AT = 64
+HEADER_SIZE = 256
+# A slot's contents: owner pid, flags, ticket, group, position, data length.
+_BODY = struct.Struct("<IIQQII")
+SLOT_DATA = SLOT_SIZE - _BODY.size
 FILE_SIZE = HEADER_SIZE + SLOTS * SLOT_SIZE
 
 FREE, PENDING, TAKEN, DONE = 0, 1, 2, 3
+# Flag of a DONE slot: the outcome is position ``pos`` of group ``group`` in
+# the database (it did not fit the slot).
+IN_DB = 1
+# Record-lock bytes (locks may lie past the end of the file).
 _LEADER_BYTE, _QUEUE_BYTE = 0, 1
+_OWNER_BYTE = 64  # + slot: held by the slot's owner while the slot is in use
 
-# A parked writer polls its slot this often, backing off to the slower pace
-# (a commit takes about 0.2 ms: polling faster only burns the leader's CPU).
+# struct flock for F_GETLK (Linux, 64-bit off_t): type, whence, start, len, pid.
+_FLOCK = struct.Struct("@hhqqi4x")
+
+# A parked writer sleeps on its slot's state word (a futex, on Linux): the
+# leader wakes it when it writes the outcome back, and wakes a PENDING one
+# when it lets go of the leader lock. It wakes by itself after FUTEX_WAIT_S
+# to notice a leader that died. Where there is no futex it polls its slot
+# this often, backing off to the slower pace (a commit takes about 0.2 ms:
+# polling faster only burns the leader's CPU).
+FUTEX_WAIT_S = 0.002
 POLL_FAST = 0.0001
-POLL_SLOW = 0.0005
-# While the header names a leader, a parked writer tries the leader lock only
+POLL_SLOW = 0.0004
+# While the header names a leader, a polling writer tries the leader lock only
 # every this many polls (to notice a leader that died holding the name).
 TRY_EVERY = 8
+# A leader waits up to this long for the writers of the last group to park
+# their next requests before it takes the parked ones (see CommitGroup.gather).
+GATHER_S = 0.00015
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # shared (not FUTEX_PRIVATE): across processes
+
+
+def _futex_call() -> Callable[..., int] | None:
+    """``syscall(SYS_futex, ...)`` where it is known, else None."""
+    number = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
+    if not sys.platform.startswith("linux") or number is None:
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        return None
+    call.restype = ctypes.c_long
+
+    def futex(address: int, op: int, value: int, timeout: object) -> int:
+        return int(
+            call(
+                ctypes.c_long(number),
+                ctypes.c_void_p(address),
+                ctypes.c_int(op),
+                ctypes.c_uint32(value),
+                timeout,
+                None,
+                ctypes.c_int(0),
+            )
+        )
+
+    return futex
+
+
+_futex = _futex_call()
 
 
 @dataclass(slots=True)
@@ -84,29 +176,124 @@ class Taken:
     request: bytes
 
 
+@dataclass(slots=True)
+class Orphan:
+    """A TAKEN slot found by a leader: its previous leader died (or could not
+    tell whether its group committed)."""
+
+    slot: int
+    ticket: int
+    group: int
+    position: int
+
+
+@dataclass(slots=True)
+class InDatabase:
+    """An outcome left in the database: position ``position`` of group ``group``."""
+
+    group: int
+    position: int
+
+
+def new_group_id() -> int:
+    """A group id that no other group has had (63 random bits, never 0)."""
+    return (int.from_bytes(os.urandom(8), "little") >> 1) or 1
+
+
+def _full(path: str, exc: OSError) -> StoreError:
+    db = path.removesuffix("-group")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(
+            f"the store's disk is full ({db}): its group-commit file {path} needs "
+            f"{FILE_SIZE // 1024} KB; free space and retry: nothing was written",
+            path=db,
+        )
+    return StoreError(
+        f"cannot set up the group-commit file {path} of the store {db}: {exc}; check that "
+        "its directory is writable: nothing was written",
+        path=db,
+    )
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks (ENOSPC now rather than SIGBUS later)."""
+    try:
+        os.posix_fallocate(fd, 0, FILE_SIZE)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        # A file system without fallocate: write the zeros ourselves.
+        if size < FILE_SIZE:
+            os.pwrite(fd, bytes(FILE_SIZE - size), size)
+            os.fsync(fd)
+
+
 class _Mapped:
-    """This process's view of the slot file."""
+    """This process's view of the slot file (one descriptor per process)."""
 
     def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise _full(path, exc) from exc
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX, 1, _QUEUE_BYTE)
             try:
-                if os.fstat(fd).st_size < FILE_SIZE:
-                    os.ftruncate(fd, FILE_SIZE)
+                st = os.fstat(fd)
+                if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                    os.fchmod(fd, 0o600)  # made by an older accord: only the owner reads it
+                # Reserve the blocks before mapping: writing through a map onto
+                # a full disk raises SIGBUS; this raises ENOSPC instead. Also
+                # for a file that exists (an older accord made it sparse).
+                _reserve(fd, st.st_size)
+                head = os.pread(fd, _HEADER.size, 0).ljust(_HEADER.size, b"\0")
+                if _HEADER.unpack(head) != (MAGIC, SLOTS, SLOT_SIZE):
+                    # New (or written by another version of accord, which must
+                    # not be running: see docs/state.md). Written with pwrite,
+                    # not through the map, so that any failure is an errno.
+                    os.pwrite(fd, bytes(FILE_SIZE), 0)
+                    os.pwrite(fd, _HEADER.pack(MAGIC, SLOTS, SLOT_SIZE), 0)
                 mem = mmap.mmap(fd, FILE_SIZE)
-                magic, slots, size, _, _ = _HEADER.unpack_from(mem, 0)
-                if magic != MAGIC or slots != SLOTS or size != SLOT_SIZE:
-                    mem[:FILE_SIZE] = bytes(FILE_SIZE)
-                    _HEADER.pack_into(mem, 0, MAGIC, SLOTS, SLOT_SIZE, 0, 0)
             finally:
                 fcntl.lockf(fd, fcntl.LOCK_UN, 1, _QUEUE_BYTE)
+        except OSError as exc:
+            os.close(fd)
+            raise _full(path, exc) from exc
         except BaseException:
             os.close(fd)
             raise
         self.fd = fd
         self.mem = mem
         self.pid = os.getpid()
+        # The address of the state words in this mapping (for the futex).
+        self.words: ctypes.Array[ctypes.c_uint32] | None = (ctypes.c_uint32 * SLOTS).from_buffer(
+            mem, _STATES_AT
+        )
+        self.base = ctypes.addressof(self.words)
+
+    def close(self) -> None:
+        self.words = None  # the mapping cannot close while exported
+        try:
+            self.mem.close()
+        finally:
+            os.close(self.fd)
+
+    def wake(self, slot: int) -> None:
+        if _futex is not None:
+            _futex(self.base + 4 * slot, _FUTEX_WAKE, 1, None)
+
+    def sleep(self, slot: int, state: int, seconds: float) -> None:
+        """Sleep until slot's state word is no longer ``state``, a wake, or ``seconds``."""
+        if _futex is None:
+            time.sleep(seconds)
+            return
+        whole = int(seconds)
+        _futex(
+            self.base + 4 * slot,
+            _FUTEX_WAIT,
+            state,
+            ctypes.byref(_Timespec(whole, int((seconds - whole) * 1e9))),
+        )
 
 
 class CommitGroup:
@@ -119,6 +306,10 @@ class CommitGroup:
         # POSIX record locks belong to the process: threads exclude each other here.
         self._leader_guard = threading.Lock()
         self._queue_guard = threading.Lock()
+        # Tickets of this process's requests in use: the liveness test of a
+        # slot that names our own pid (its owner may be a dead process whose
+        # pid we were given).
+        self._mine: set[int] = set()
 
     # -- plumbing ---------------------------------------------------------------
     def _map(self) -> _Mapped:
@@ -127,19 +318,19 @@ class CommitGroup:
             with self._open_lock:
                 mapped = self._mapped
                 if mapped is None or mapped.pid != os.getpid():
-                    # After fork the parent's locks are not ours: open our own.
+                    # After fork the parent's locks are not ours: open our own
+                    # (the parent's descriptor stays open: closing it here
+                    # would not matter to the parent, but costs nothing to keep).
                     self._leader_guard = threading.Lock()
                     self._queue_guard = threading.Lock()
+                    self._mine = set()
                     mapped = self._mapped = _Mapped(self.path)
         return mapped
 
     def close(self) -> None:
         mapped, self._mapped = self._mapped, None
         if mapped is not None and mapped.pid == os.getpid():
-            try:
-                mapped.mem.close()
-            finally:
-                os.close(mapped.fd)
+            mapped.close()
 
     def _lock_queue(self, m: _Mapped) -> None:
         self._queue_guard.acquire()
@@ -155,41 +346,51 @@ class CommitGroup:
         finally:
             self._queue_guard.release()
 
-    def _counts(self, m: _Mapped) -> tuple[int, int]:
-        _, _, _, pending, taken = _HEADER.unpack_from(m.mem, 0)
-        return pending, taken
+    @staticmethod
+    def _states(m: _Mapped) -> bytes:
+        return m.mem[_STATES_AT : _STATES_AT + 4 * SLOTS : 4]
 
-    def _set_counts(self, m: _Mapped, pending: int, taken: int) -> None:
-        _HEADER.pack_into(m.mem, 0, MAGIC, SLOTS, SLOT_SIZE, pending, taken)
-
-    def _slot(self, m: _Mapped, i: int) -> tuple[int, int, int, int, int, int]:
-        state, pid, ticket, group, pos, length = _SLOT.unpack_from(
+    @staticmethod
+    def _body(m: _Mapped, i: int) -> tuple[int, int, int, int, int, int]:
+        pid, flags, ticket, group, pos, length = _BODY.unpack_from(
             m.mem, HEADER_SIZE + i * SLOT_SIZE
         )
-        return state, pid, ticket, group, pos, length
+        return pid, flags, ticket, group, pos, length
 
-    def _write(
-        self,
+    @staticmethod
+    def _set(
         m: _Mapped,
         i: int,
         state: int,
-        pid: int,
-        ticket: int,
-        group: int,
-        pos: int,
-        data: bytes | None,
+        body: tuple[int, int, int, int, int, int] | None = None,
+        data: bytes | None = None,
     ) -> None:
+        """Change slot ``i``: data, then body, then (last, one byte) its state."""
         base = HEADER_SIZE + i * SLOT_SIZE
-        if data is None:
-            length = _SLOT.unpack_from(m.mem, base)[5]
-        else:
-            length = len(data)
-            m.mem[base + _SLOT.size : base + _SLOT.size + length] = data
-        _SLOT.pack_into(m.mem, base, state, pid, ticket, group, pos, length)
+        if data is not None:
+            m.mem[base + _BODY.size : base + _BODY.size + len(data)] = data
+        if body is not None:
+            _BODY.pack_into(m.mem, base, *body)
+        m.mem[_STATES_AT + 4 * i] = state
 
     def _data(self, m: _Mapped, i: int, length: int) -> bytes:
-        base = HEADER_SIZE + i * SLOT_SIZE + _SLOT.size
+        base = HEADER_SIZE + i * SLOT_SIZE + _BODY.size
         return bytes(m.mem[base : base + length])
+
+    def _alive(self, m: _Mapped, i: int, pid: int, ticket: int) -> bool:
+        """Whether the owner of slot ``i`` still lives (the queue lock is held)."""
+        if pid == m.pid:
+            return ticket in self._mine
+        probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _OWNER_BYTE + i, 1, 0)
+        kind = _FLOCK.unpack(fcntl.fcntl(m.fd, fcntl.F_GETLK, probe))[0]
+        # F_UNLCK: no other process holds the byte, so its owner is gone.
+        return bool(kind != fcntl.F_UNLCK)
+
+    def _free(self, m: _Mapped, i: int, ticket: int) -> None:
+        """Free our own slot ``i`` and drop our claim on it (the queue lock is held)."""
+        self._set(m, i, FREE)
+        self._mine.discard(ticket)
+        fcntl.lockf(m.fd, fcntl.LOCK_UN, 1, _OWNER_BYTE + i)
 
     # -- the leader lock ---------------------------------------------------------
     def try_lead(self) -> bool:
@@ -212,6 +413,29 @@ class CommitGroup:
             fcntl.lockf(m.fd, fcntl.LOCK_UN, 1, _LEADER_BYTE)
         finally:
             self._leader_guard.release()
+        # A request parked after our take() waits for a leader: wake its
+        # writer to lead (it would otherwise wait for a new writer or its timeout).
+        states = self._states(m)
+        if PENDING in states:
+            m.wake(states.index(PENDING))
+
+    def gather(self, own: bool) -> None:
+        """Wait (briefly) for the writers of the last group to park again.
+
+        The writers of a group get their outcomes together, and come back
+        with their next requests a moment later: a leader that took the
+        parked requests at once would commit few of them and leave the rest
+        to another commit (one fsync each). Waiting up to GATHER_S for as
+        many requests as the last group had puts them in one commit. Only a
+        matter of speed: correctness never depends on what is gathered.
+        """
+        m = self._map()
+        expected = _LAST_SIZE.unpack_from(m.mem, _LAST_SIZE_AT)[0] - own
+        if expected <= 0:
+            return
+        deadline = time.perf_counter() + GATHER_S
+        while self._states(m).count(PENDING) < expected and time.perf_counter() < deadline:
+            time.sleep(0.00002)
 
     def leading(self) -> bool:
         """Whether the header names a leader (a hint: it may have died since)."""
@@ -224,16 +448,22 @@ class CommitGroup:
         if len(request) > SLOT_DATA:
             return None
         m = self._map()
-        ticket = random.getrandbits(63) or 1
+        ticket = new_group_id()
         self._lock_queue(m)
         try:
             for attempt in range(2):
+                states = self._states(m)
                 for i in range(SLOTS):
-                    if self._slot(m, i)[0] == FREE:
-                        self._write(m, i, PENDING, m.pid, ticket, 0, 0, request)
-                        pending, taken = self._counts(m)
-                        self._set_counts(m, pending + 1, taken)
-                        return i, ticket
+                    if states[i] != FREE:
+                        continue
+                    try:
+                        # Our claim first: from now on a leader sees us alive.
+                        fcntl.lockf(m.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _OWNER_BYTE + i)
+                    except OSError:
+                        continue  # held by someone who abandoned a slot: not usable
+                    self._mine.add(ticket)
+                    self._set(m, i, PENDING, (m.pid, 0, ticket, 0, 0, len(request)), request)
+                    return i, ticket
                 if attempt == 0 and not self._reap(m):
                     break
             return None
@@ -241,35 +471,63 @@ class CommitGroup:
             self._unlock_queue(m)
 
     def _reap(self, m: _Mapped) -> bool:
-        """Free the PENDING and DONE slots of processes that died."""
+        """Free the slots of owners that died (the queue lock is held).
+
+        Only PENDING and DONE ones: a TAKEN slot belongs to the leader until
+        it writes the outcome back (a leader that died leaves it to the next).
+        """
         freed = False
-        pending, taken = self._counts(m)
+        states = self._states(m)
         for i in range(SLOTS):
-            state, pid, *_ = self._slot(m, i)
-            if state in (PENDING, DONE) and not _alive(pid):
-                self._write(m, i, FREE, 0, 0, 0, 0, b"")
-                pending -= state == PENDING
-                freed = True
-        self._set_counts(m, max(pending, 0), taken)
+            if states[i] in (PENDING, DONE):
+                pid, _, ticket, *_ = self._body(m, i)
+                if not self._alive(m, i, pid, ticket):
+                    self._set(m, i, FREE)
+                    freed = True
         return freed
 
     def state(self, slot: int, ticket: int) -> int:
         """The slot's state as seen without the lock (a hint: re-check under it)."""
         m = self._map()
-        state, _, owner_ticket, *_ = self._slot(m, slot)
-        return state if owner_ticket == ticket else FREE
+        state = m.mem[_STATES_AT + 4 * slot]
+        return state if self._body(m, slot)[2] == ticket else FREE
 
-    def collect(self, slot: int, ticket: int) -> bytes | None:
-        """The outcome if the request is DONE (the slot is then freed), else None."""
+    def collect(self, slot: int, ticket: int) -> bytes | InDatabase | None:
+        """The outcome if the request is DONE, else None.
+
+        Bytes: the slot is freed. :class:`InDatabase`: the outcome is in the
+        database, and the slot stays DONE (so that the row is not pruned)
+        until :meth:`release`.
+        """
         m = self._map()
         self._lock_queue(m)
         try:
-            state, _, owner_ticket, _, _, length = self._slot(m, slot)
-            if owner_ticket != ticket or state != DONE:
+            _, flags, owner_ticket, group, pos, length = self._body(m, slot)
+            if owner_ticket != ticket or m.mem[_STATES_AT + 4 * slot] != DONE:
                 return None
+            if flags & IN_DB:
+                return InDatabase(group, pos)
             outcome = self._data(m, slot, length)
-            self._write(m, slot, FREE, 0, 0, 0, 0, b"")
+            self._free(m, slot, ticket)
             return outcome
+        finally:
+            self._unlock_queue(m)
+
+    def release(self, slot: int, ticket: int) -> None:
+        """Free our slot whatever its state (an outcome read, or given up on)."""
+        m = self._map()
+        self._lock_queue(m)
+        try:
+            state = m.mem[_STATES_AT + 4 * slot]
+            if self._body(m, slot)[2] != ticket or state == FREE:
+                return
+            if state == TAKEN:
+                # A leader is at work on it and writes it back: drop our claim
+                # only, so that the next reap frees the slot.
+                self._mine.discard(ticket)
+                fcntl.lockf(m.fd, fcntl.LOCK_UN, 1, _OWNER_BYTE + slot)
+            else:
+                self._free(m, slot, ticket)
         finally:
             self._unlock_queue(m)
 
@@ -278,84 +536,107 @@ class CommitGroup:
         m = self._map()
         self._lock_queue(m)
         try:
-            state, _, owner_ticket, *_ = self._slot(m, slot)
-            if owner_ticket != ticket or state != PENDING:
+            owner_ticket = self._body(m, slot)[2]
+            if owner_ticket != ticket or m.mem[_STATES_AT + 4 * slot] != PENDING:
                 return False
-            self._write(m, slot, FREE, 0, 0, 0, 0, b"")
-            pending, taken = self._counts(m)
-            self._set_counts(m, max(pending - 1, 0), taken)
+            self._free(m, slot, ticket)
             return True
         finally:
             self._unlock_queue(m)
 
-    # -- the leader's side ---------------------------------------------------------
-    def orphans(self, *, scan: bool) -> list[tuple[int, int, int, int]]:
-        """TAKEN slots left by a leader that died: ``(slot, ticket, group, position)``.
-
-        Only a leader calls this: while it holds the leader lock nobody else
-        runs requests, so every TAKEN slot is an orphan. The header's counts
-        are hints (a process killed between a slot and the counts leaves them
-        short), trusted only without ``scan``; a scan also corrects them.
-        """
+    # -- the leader's side (the leader lock is held) -----------------------------------
+    def orphans(self) -> list[Orphan]:
+        """TAKEN slots: while we hold the leader lock nobody else runs requests,
+        so each was left by a leader that died, or that could not tell whether
+        its group committed. Scans every slot."""
         m = self._map()
-        if not scan and self._counts(m)[1] == 0:
+        # A leader marks slots TAKEN under the leader lock, which we hold now:
+        # reading without the queue lock cannot miss one.
+        if TAKEN not in self._states(m):
             return []
         self._lock_queue(m)
         try:
+            states = self._states(m)
             found = []
-            pending = 0
             for i in range(SLOTS):
-                state, _, ticket, group, pos, _ = self._slot(m, i)
-                if state == TAKEN:
-                    found.append((i, ticket, group, pos))
-                pending += state == PENDING
-            self._set_counts(m, pending, len(found))
+                if states[i] == TAKEN:
+                    _, _, ticket, group, pos, _ = self._body(m, i)
+                    found.append(Orphan(i, ticket, group, pos))
             return found
         finally:
             self._unlock_queue(m)
 
-    def take(self, group: int, *, scan: bool) -> list[Taken]:
-        """Mark every PENDING request TAKEN by ``group`` and return them in order
-        (without ``scan``, only if the header's count says there are some)."""
+    def take(self, group: int, own: bool) -> list[Taken]:
+        """Mark every PENDING request of a live owner TAKEN by ``group``, in
+        slot order, and return them; free those whose owner died. ``own``:
+        the leader runs a request of its own too (it counts in the group's
+        size, the hint of :meth:`gather`)."""
         m = self._map()
-        if not scan and self._counts(m)[0] == 0:
+        # A request parked after this look is served by the next group (its
+        # writer polls, and leads itself if nobody else does).
+        if PENDING not in self._states(m):
+            _LAST_SIZE.pack_into(m.mem, _LAST_SIZE_AT, int(own))
             return []
         self._lock_queue(m)
         try:
             out: list[Taken] = []
-            taken = 0
+            states = self._states(m)
             for i in range(SLOTS):
-                state, pid, ticket, _, _, length = self._slot(m, i)
-                if state == PENDING:
-                    self._write(m, i, TAKEN, pid, ticket, group, len(out), None)
-                    out.append(Taken(i, ticket, self._data(m, i, length)))
-                taken += state == TAKEN
-            self._set_counts(m, 0, taken + len(out))
+                if states[i] != PENDING:
+                    continue
+                pid, _, ticket, _, _, length = self._body(m, i)
+                if not self._alive(m, i, pid, ticket):
+                    self._set(m, i, FREE)  # never applied: nobody is there to learn of it
+                    continue
+                request = self._data(m, i, length)
+                self._set(m, i, TAKEN, (pid, 0, ticket, group, len(out), length))
+                out.append(Taken(i, ticket, request))
+            _LAST_SIZE.pack_into(m.mem, _LAST_SIZE_AT, len(out) + own)
             return out
         finally:
             self._unlock_queue(m)
 
-    def finish(self, done: list[tuple[int, int, bytes | None]]) -> None:
-        """Write outcomes back (DONE), or hand requests back (None: PENDING again)."""
-        if not done:
-            return
+    def finish(self, done: Iterable[tuple[int, int, int, int, bytes | None]]) -> None:
+        """Write outcomes back to TAKEN slots ``(slot, ticket, group, position, outcome)``.
+
+        An outcome that fits goes in the slot; one that does not stays in the
+        database (group ``group`` position ``position``: the caller made sure
+        it is there). ``None`` hands the request back (PENDING again: it was
+        not applied).
+        """
         m = self._map()
         self._lock_queue(m)
         try:
-            pending, taken = self._counts(m)
-            for slot, ticket, outcome in done:
-                state, pid, owner_ticket, *_ = self._slot(m, slot)
-                if state != TAKEN or owner_ticket != ticket:
+            for slot, ticket, group, pos, outcome in done:
+                pid, _, owner_ticket, *_ = self._body(m, slot)
+                if m.mem[_STATES_AT + 4 * slot] != TAKEN or owner_ticket != ticket:
                     continue
-                taken -= 1
                 if outcome is None:
-                    self._write(m, slot, PENDING, pid, ticket, 0, 0, None)
-                    pending += 1
+                    self._set(m, slot, PENDING)  # the request is still in the slot
                 elif len(outcome) > SLOT_DATA:
-                    raise AssertionError("an outcome does not fit its slot")
+                    self._set(m, slot, DONE, (pid, IN_DB, ticket, group, pos, 0))
                 else:
-                    self._write(m, slot, DONE, pid, ticket, 0, 0, outcome)
-            self._set_counts(m, pending, max(taken, 0))
+                    self._set(m, slot, DONE, (pid, 0, ticket, 0, 0, len(outcome)), outcome)
+                m.wake(slot)
+        finally:
+            self._unlock_queue(m)
+
+    def referenced(self) -> set[int]:
+        """Groups whose rows in the database a slot still needs (reaps dead
+        owners first). Only leaders add references, so under the leader lock
+        a row not in this set is never needed again."""
+        m = self._map()
+        self._lock_queue(m)
+        try:
+            self._reap(m)
+            states = self._states(m)
+            refs = set()
+            for i in range(SLOTS):
+                if states[i] in (TAKEN, DONE):
+                    _, flags, _, group, _, _ = self._body(m, i)
+                    if states[i] == TAKEN or flags & IN_DB:
+                        refs.add(group)
+            return refs
         finally:
             self._unlock_queue(m)
 
@@ -364,53 +645,108 @@ class CommitGroup:
         self,
         encode: Callable[[], bytes],
         lead: Callable[[bool], R],
+        fetch: Callable[[InDatabase], bytes],
         timeout: float,
     ) -> R | bytes:
         """Have one request run, by leading a group or by a leader.
 
         ``lead(own)`` runs a group as the leader, with this writer's own
         request if ``own``, and returns its outcome (or raises its error).
-        Returns that, or the outcome bytes a leader wrote back.
+        ``fetch`` reads an outcome left in the database. Returns the outcome
+        of ``lead(True)``, or the outcome bytes a leader wrote back.
         """
         if self.try_lead():
             try:
                 return lead(True)
             finally:
                 self.unlead()
-        request = encode()
-        parked = self.park(request)
+        parked = self.park(encode())
+        if parked is None:
+            return self._lead_when_free(lead, timeout)
+        try:
+            return self._wait(parked, lead, fetch, timeout)
+        except BaseException:
+            # Interrupted or failed: take ours back if no leader has it yet;
+            # otherwise it is applied (or not) without us, and the slot is
+            # reaped once its outcome is in.
+            if not self.withdraw(*parked):
+                self.release(*parked)
+            raise
+
+    def _lead_when_free(self, lead: Callable[[bool], R], timeout: float) -> R:
+        """A request that could not be parked: lead as soon as the lock is free."""
         deadline = time.monotonic() + timeout
         pause = POLL_FAST
-        time.sleep(pause)  # a leader is at work: give it time before looking
+        while not self.try_lead():
+            if time.monotonic() > deadline:
+                raise self._locked(timeout)
+            time.sleep(pause)
+            pause = min(pause * 1.5, POLL_SLOW)
+        try:
+            return lead(True)
+        finally:
+            self.unlead()
+
+    def _wait(
+        self,
+        parked: tuple[int, int],
+        lead: Callable[[bool], R],
+        fetch: Callable[[InDatabase], bytes],
+        timeout: float,
+    ) -> bytes:
+        m = self._map()
+        slot = parked[0]
+        deadline = time.monotonic() + timeout
+        pause = FUTEX_WAIT_S if _futex is not None else POLL_FAST
         polls = 0
         while True:
-            if parked is not None and self.state(*parked) == DONE:
+            state = self.state(*parked)
+            if state == DONE:
                 outcome = self.collect(*parked)
+                if isinstance(outcome, InDatabase):
+                    try:
+                        return fetch(outcome)
+                    finally:
+                        self.release(*parked)
                 if outcome is not None:
                     return outcome
-            polls += 1
-            if (not self.leading() or polls % TRY_EVERY == 0) and self.try_lead():
+            elif state == FREE:
+                # Freed by a leader that took us for dead (it cannot, while we
+                # hold the slot's lock): the request was not applied.
+                raise StoreError(
+                    f"the write to {self.path.removesuffix('-group')} was dropped from the "
+                    "group-commit queue; nothing was written: retry it",
+                    path=self.path,
+                )
+            elif (
+                polls
+                and (_futex is not None or not self.leading() or polls % TRY_EVERY == 0)
+                and self.try_lead()
+            ):
                 try:
-                    if parked is None:
-                        return lead(True)
                     lead(False)  # runs ours among the parked ones
-                except BaseException:
+                except Exception:
                     # Ours is either still parked (take it back: nothing was
-                    # written) or has its outcome written back: collect it.
-                    if parked is None or self.withdraw(*parked):
+                    # written) or has its outcome coming: keep waiting for it.
+                    if self.withdraw(*parked):
                         raise
                 finally:
                     self.unlead()
                 continue
-            if time.monotonic() > deadline and (parked is None or self.withdraw(*parked)):
-                raise StoreError(
-                    f"the store {self.path.removesuffix('-group')} stayed locked by another "
-                    f"process for {timeout} s; nothing was written",
-                    path=self.path,
-                )
-            # Past the deadline but taken by a live leader: its outcome is coming.
-            time.sleep(pause)
-            pause = min(pause * 1.5, POLL_SLOW)
+            if time.monotonic() > deadline and self.withdraw(*parked):
+                raise self._locked(timeout)
+            # Past the deadline but taken by a leader: its outcome is coming.
+            m.sleep(slot, state, pause)
+            polls += 1
+            if _futex is None:
+                pause = min(pause * 1.5, POLL_SLOW)
+
+    def _locked(self, timeout: float) -> StoreError:
+        return StoreError(
+            f"the store {self.path.removesuffix('-group')} stayed locked by another "
+            f"process for {timeout} s; nothing was written",
+            path=self.path,
+        )
 
 
 _groups: dict[str, tuple[CommitGroup, int]] = {}
@@ -426,8 +762,9 @@ def group_for(db_path: str, owner: object) -> CommitGroup:
 
     One per file, not per store object: two leaders in one process would
     share the process's record locks and mistake each other's requests for
-    orphans. It is released (file closed, mapping dropped) once every
-    ``owner`` that asked for it has been garbage collected.
+    orphans, and a second descriptor of the file, once closed, would drop
+    the process's locks. It is released (file closed, mapping dropped) once
+    every ``owner`` that asked for it has been garbage collected.
     """
     key = os.path.realpath(db_path)
     with _groups_lock:
@@ -452,13 +789,3 @@ def _drain_released() -> None:
         else:
             del _groups[key]
             group.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

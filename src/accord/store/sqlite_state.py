@@ -7,7 +7,10 @@
   SQLite commits one transaction at a time, so one process commits the
   writes of the processes waiting behind it, in one transaction and one
   fsync. Each request runs the shared :meth:`SqlStateMixin._txn_body`; the
-  outcomes travel between processes as msgpack.
+  outcomes travel between processes as msgpack, in the request's slot or,
+  when larger than a slot, in the group's row of ``kv_groups``. (The
+  ``kv_meta.last_group`` column, the group counter of an earlier design whose
+  numbers could be reused, is no longer used.)
 - **Read transactions** (:meth:`SqliteStateMixin._snap`): in WAL mode a
   ``BEGIN`` ... ``COMMIT`` read sees one commit and nothing after it.
 
@@ -18,6 +21,7 @@ Mixed into :class:`~accord.store.sqlite.SqliteStore`, whose ``_tx`` (a
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -28,7 +32,7 @@ import msgspec
 from accord import errors
 from accord.errors import AccordError, StoreError
 from accord.store.sql_state import SqlStateMixin, _TxnRequest
-from accord.store.sqlite_group import CommitGroup, Taken, group_for
+from accord.store.sqlite_group import CommitGroup, InDatabase, Taken, group_for, new_group_id
 from accord.store.state_base import (
     Fence,
     KvCompare,
@@ -43,8 +47,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Outcomes of this many recent commit groups are kept (see sqlite_group).
-GROUPS_KEPT = 1024
+# The outcomes of commit groups no slot refers to any more are deleted after
+# this many groups, or once this many bytes of outcomes were written (see
+# SqliteStateMixin._prune_groups).
+PRUNE_EVERY = 64
+PRUNE_BYTES = 4 << 20
 
 # Requests and outcomes of group commit travel between processes as msgpack.
 _pack = msgspec.msgpack.Encoder().encode
@@ -171,11 +178,13 @@ class SqliteStateMixin(SqlStateMixin):
         got = self._commit_group().submit(
             lambda: _encode_request(request),
             lambda own: self._lead(request if own else None),
+            self._fetch_outcome,
             self.busy_timeout,
         )
         if isinstance(got, bytes):
             return _decode_outcome(got, compares)
-        assert got is not None
+        if got is None:  # lead(True) always returns its own request's outcome
+            raise StoreError(f"the store {self.path} lost track of a write; read the key")
         return got
 
     def _commit_group(self) -> CommitGroup:
@@ -187,53 +196,85 @@ class SqliteStateMixin(SqlStateMixin):
     def _lead(self, own: _TxnRequest | None) -> TxnOutcome | None:
         """Run ``own`` and every parked request in one commit (we hold the leader lock).
 
-        A writer that leads for its parked request (``own`` None) scans every
-        slot rather than trusting the header's counts, so a request whose
-        counts were lost to a killed process is still found.
+        First the TAKEN slots of a leader that died are settled from what its
+        group left in the database (read inside our write transaction, so it
+        is the final word). Then, in one transaction: our own request, each
+        parked request of a live owner, and the group's outcomes under a new
+        group id (``kv_groups``). Only after the commit are the outcomes
+        written back, so a writer is never told of a write that could still
+        be rolled back.
         """
         group = self._commit_group()
-        scan = own is None
-        self._resolve_orphans(group, scan=scan)
         own_outcome: TxnOutcome | None = None
         own_error: AccordError | None = None
         taken: list[Taken] = []
         outcomes: list[bytes] = []
-        number = 0
+        number = new_group_id()
+        last = 0
+        group.gather(own is not None)  # before the database lock: others write meanwhile
         try:
             with self._tx() as tx:
                 c = tx.c
-                meta, _ = self._begin_kv(tx)
+                self._resolve_orphans(c, group)
+                meta, expired = self._begin_kv(tx)
+                # The revision, known exactly while we hold SQLite's write lock
+                # (unless expired leases just took one): each request's
+                # outcome carries it on to the next.
+                current: int | None = None if expired else meta.revision
+                last = meta.revision
                 if own is not None:
                     try:
-                        own_outcome = self._txn_body(tx, own)
+                        own_outcome = self._txn_body(tx, own, current)
+                        last = current = max(last, own_outcome.revision)
                     except AccordError as exc:
                         own_error = exc
-                number = meta.last_group + 1
-                taken = group.take(number, scan=scan)
+                taken = group.take(number, own is not None)
                 for item in taken:
                     try:
-                        outcome = self._txn_body(tx, _decode_request(item.request))
+                        outcome = self._txn_body(tx, _decode_request(item.request), current)
+                        last = current = max(last, outcome.revision)
                         outcomes.append(_encode_outcome(outcome))
                     except AccordError as exc:
                         outcomes.append(_encode_error(exc))
                 if taken:
-                    c.execute("UPDATE kv_meta SET last_group = ? WHERE id = 1", (number,))
+                    self._prune_groups(c, group, sum(map(len, outcomes)))
                     c.execute(
                         "INSERT INTO kv_groups (id, outcomes) VALUES (?, ?)",
                         (number, _encode_list(outcomes)),
                     )
-                    if number % GROUPS_KEPT == 0:
-                        c.execute("DELETE FROM kv_groups WHERE id <= ?", (number - GROUPS_KEPT,))
         except BaseException as exc:
             if taken:
                 self._settle_failed_group(group, taken, outcomes, number, exc)
             raise
-        group.finish([(t.slot, t.ticket, o) for t, o in zip(taken, outcomes, strict=True)])
+        if taken:
+            group.finish(
+                (t.slot, t.ticket, number, i, o)
+                for i, (t, o) in enumerate(zip(taken, outcomes, strict=True))
+            )
         if own_error is not None:
             raise own_error
-        after = own_outcome.revision if own_outcome is not None else meta.revision
-        self._retention(meta.revision, after, meta.retain)
+        self._retention(meta.revision, last, meta.retain)
         return own_outcome
+
+    def _prune_groups(self, c: Conn, group: CommitGroup, size: int) -> None:
+        """Now and then, delete the kv_groups rows that no slot refers to.
+
+        Under the leader lock only leaders add references to rows (and the
+        group being committed has none yet), so a row found unreferenced is
+        never read again. Every PRUNE_EVERY groups, or sooner when the
+        outcomes written since the last pruning are large.
+        """
+        counts = self.__dict__.setdefault("_groups_unpruned", [0, 0])
+        counts[0] += 1
+        counts[1] += size
+        if counts[0] < PRUNE_EVERY and counts[1] < PRUNE_BYTES:
+            return
+        counts[0] = counts[1] = 0
+        keep = sorted(group.referenced())
+        c.execute(
+            "DELETE FROM kv_groups WHERE id NOT IN (SELECT value FROM json_each(?))",
+            (json.dumps(keep),),
+        )
 
     def _settle_failed_group(
         self,
@@ -246,15 +287,19 @@ class SqliteStateMixin(SqlStateMixin):
         """Tell the parked writers what became of a group whose commit raised.
 
         Whether it committed is read back from kv_groups (a failing COMMIT can
-        leave that in doubt); if even that fails, the slots stay TAKEN and the
-        next leader decides the same way.
+        leave that in doubt; the group id is unique, so its row is there if and
+        only if the group committed); if even that fails, the slots stay TAKEN
+        and the next leader decides the same way.
         """
         try:
             committed = self._group_outcomes(number) is not None
         except BaseException:
             return
         if committed and len(outcomes) == len(taken):
-            group.finish([(t.slot, t.ticket, o) for t, o in zip(taken, outcomes, strict=True)])
+            group.finish(
+                (t.slot, t.ticket, number, i, o)
+                for i, (t, o) in enumerate(zip(taken, outcomes, strict=True))
+            )
             return
         error = (
             exc
@@ -263,22 +308,54 @@ class SqliteStateMixin(SqlStateMixin):
                 f"the write was interrupted ({type(exc).__name__}); nothing was written"
             )
         )
-        group.finish([(t.slot, t.ticket, _encode_error(error)) for t in taken])
+        group.finish(
+            (t.slot, t.ticket, number, i, _encode_error(error)) for i, t in enumerate(taken)
+        )
 
     def _group_outcomes(self, number: int) -> list[bytes] | None:
         rows = self._read("SELECT outcomes FROM kv_groups WHERE id = ?", (number,))
         return None if not rows else _decode_list(rows[0][0])
 
-    def _resolve_orphans(self, group: CommitGroup, *, scan: bool) -> None:
-        """Finish the requests of a leader that died (see ``sqlite_group``)."""
-        orphans = group.orphans(scan=scan)
+    def _fetch_outcome(self, where: InDatabase) -> bytes:
+        """An outcome too large for its slot, read from its group's row (which
+        stays until the slot that refers to it is freed)."""
+        try:
+            outcomes = self._group_outcomes(where.group)
+        except StoreError as exc:
+            raise StoreError(
+                f"the write was committed, but its outcome could not be read back from "
+                f"{self.path} ({exc}); read the keys to see where they stand",
+                path=self.path,
+                committed=True,
+            ) from exc
+        if outcomes is None or where.position >= len(outcomes):
+            raise StoreError(
+                f"the write was committed, but its outcome is missing from {self.path} "
+                f"(group {where.group}); read the keys to see where they stand",
+                path=self.path,
+                committed=True,
+            )
+        return outcomes[where.position]
+
+    def _resolve_orphans(self, c: Conn, group: CommitGroup) -> None:
+        """Settle the TAKEN slots of a leader that died (see ``sqlite_group``).
+
+        Runs inside our write transaction: whether the orphans' group
+        committed cannot change meanwhile. If it did, their outcomes are
+        copied to the slots (or, if too large, left in its row); if not, the
+        requests were never applied and go back to PENDING.
+        """
+        orphans = group.orphans()
         if not orphans:
             return
         known: dict[int, list[bytes] | None] = {}
-        done: list[tuple[int, int, bytes | None]] = []
-        for slot, ticket, number, position in orphans:
-            if number not in known:
-                known[number] = self._group_outcomes(number)
-            outcomes = known[number]
-            done.append((slot, ticket, None if outcomes is None else outcomes[position]))
+        done: list[tuple[int, int, int, int, bytes | None]] = []
+        for o in orphans:
+            if o.group not in known:
+                row = c.execute("SELECT outcomes FROM kv_groups WHERE id = ?", (o.group,))
+                found = row.fetchone()
+                known[o.group] = None if found is None else _decode_list(found[0])
+            outcomes = known[o.group]
+            outcome = None if outcomes is None else outcomes[o.position]
+            done.append((o.slot, o.ticket, o.group, o.position, outcome))
         group.finish(done)
