@@ -101,8 +101,12 @@ WITH RECURSIVE levels (req_key, priority, n) AS (
 SELECT c.id, c.priority, c.weight, c.size, c.ready_at, c.deadline_at, c.resources,
        c.limit_key, levels.req_key
 FROM levels, LATERAL (
-    SELECT * FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = levels.req_key
-    AND priority = levels.priority AND ready_at <= ? ORDER BY ready_at LIMIT ?) c
+    (SELECT * FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = levels.req_key
+     AND priority = levels.priority AND ready_at <= ? ORDER BY ready_at LIMIT ?)
+    UNION ALL
+    (SELECT * FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = levels.req_key
+     AND priority = levels.priority AND ready_at <= ? ORDER BY weight + size, ready_at LIMIT ?)
+    ) c
 UNION ALL
 (SELECT id, priority, weight, size, ready_at, deadline_at, resources, limit_key, req_key
  FROM tasks WHERE queue = ? AND state = 'ready' AND deadline_at IS NOT NULL
@@ -613,7 +617,7 @@ class PgStore(SqlStateMixin, SqlStore):
         tasks by a lateral index scan, then the earliest deadlines."""
         candidates: list[Any] = []
         seen: set[int] = set()
-        params = (queue, queue, queue, now, per_level, queue, now, per_level)
+        params = (queue, queue, queue, now, per_level, queue, now, per_level, queue, now, per_level)
         for row in c.execute(_CANDIDATES_SQL, params):
             if row[0] not in seen and node.can_meet(row[8]):
                 seen.add(row[0])
