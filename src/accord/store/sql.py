@@ -816,7 +816,9 @@ class SqlStore(Store):
                     candidates += c.execute(
                         "SELECT id, priority, weight, size, ready_at, deadline_at, resources, "
                         "limit_key FROM tasks WHERE queue = ? AND state = 'ready' "
-                        "AND req_key = ? AND priority = ? AND ready_at <= ? "
+                        # "+ready_at": not a range on tasks_ready, which SQLite
+                        # would otherwise pick and sort the whole level by cost.
+                        "AND req_key = ? AND priority = ? AND +ready_at <= ? "
                         "ORDER BY weight + size, ready_at LIMIT ?",
                         params,
                     ).fetchall()
