@@ -89,7 +89,7 @@ def urgent_latency(count_low: int, count_high: int, burst: bool) -> list[float]:
         app._url = url
         env = dict(os.environ, ACCORD_STORE=url, PYTHONPATH=str(HERE))
         low = apps.work.with_options(priority=0)
-        low.map([(0.005,)] * count_low)
+        backlog = low.map([(0.005,)] * count_low)
         node = subprocess.Popen(
             [sys.executable, "-m", "accord", "worker", "--app", "apps:app", "--slots", "2"],
             env=env,
@@ -98,7 +98,8 @@ def urgent_latency(count_low: int, count_high: int, burst: bool) -> list[float]:
         )
         try:
             high = apps.work.with_options(priority=10)
-            time.sleep(2.0)  # the node is up and busy with low-priority work
+            # The node is up, its slots started and busy with the backlog.
+            backlog[40].result(timeout=120)
             times = []
             if burst:
                 submitted = []
