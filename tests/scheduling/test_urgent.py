@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +80,48 @@ def test_urgent_tasks_from_another_process_overtake_the_prefetched_backlog(
         if task_id not in urgent_ids and first_urgent_start < at < last_urgent_start
     )
     assert overtook == [], (len(overtook), log.read_text()[-2000:])
+
+
+WAITER = """
+import sys, time
+from accord.store import open_store
+store = open_store(sys.argv[1])
+store.changed()
+store.wait_changed(0.001)  # binds this waiter's wake-up (SQLite) before it says so
+print("waiting", flush=True)
+started = time.monotonic()
+woke = False
+while not woke and time.monotonic() - started < 60.0:
+    # (A wait may end early without news, e.g. when a listener connects.)
+    woke = store.wait_changed(60.0 - (time.monotonic() - started))
+print(woke, time.monotonic() - started, flush=True)
+"""
+
+
+def test_a_commit_wakes_a_waiter_in_another_process_at_once(
+    app: accord.App, store_url: str
+) -> None:
+    """A result waiter in another process is woken by the commit itself, not
+    at the end of its wait: ``wait_changed(60)`` returns True long before 60
+    s. (On SQLite it used to sleep its whole timeout, so the client's poll
+    interval set the round trip; on PostgreSQL a waiter that began before its
+    listener had connected slept its whole timeout.)"""
+    with subprocess.Popen(
+        [sys.executable, "-c", WAITER, store_url],
+        env=subprocess_env(store_url),
+        cwd=TESTS,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as waiter:
+        try:
+            assert waiter.stdout is not None
+            assert waiter.stdout.readline().strip() == "waiting"
+            # Let it get well into its wait, so that the commit lands during it
+            # (a commit before would be seen by its first look, fix or not).
+            time.sleep(0.5)
+            s.nap.submit("news")
+            woke, took = waiter.stdout.readline().split()
+        finally:
+            waiter.kill()
+    assert woke == "True"
+    assert float(took) < 30.0, took  # well before its timeout: the commit woke it

@@ -600,10 +600,18 @@ class PgStore(SqlStateMixin, SqlStore):
         if self.changed():
             return True
         listener = self._listener
-        if listener is None or not listener.alive:
+        if listener is None:
             time.sleep(timeout)
         else:
-            listener.wait(_sender(), getattr(self._local, "seen", None), timeout)
+            # Also while it is not connected yet (or again): it counts a change
+            # the moment it is listening, which ends this wait. Sleeping out
+            # the timeout instead left a waiter that started early (a new
+            # store, a reconnect) deaf for its whole wait.
+            sender = _sender()
+            seen = getattr(self._local, "seen", None) if listener.alive else None
+            if seen is None:
+                seen = listener.others(sender)  # any change from now on
+            listener.wait(sender, seen, timeout)
         return self.changed()
 
     # -- faster paths -----------------------------------------------------
