@@ -91,7 +91,7 @@ MIX: dict[str, tuple[int, float, float, tuple[str, ...], float | None]] = {
     "e": (2, 0.0, 8.0, ("big",), None),  # C = 8 / v
     "f": (1, 1.0, 1.0, (), None),  # C = 1 + 1 / v
     "g": (0, 0.0, 0.0, ("gpu",), None),  # C = 0
-    "h": (2, 0.0, 2.0, (), 600.0),  # the only deadline: first of band 2
+    "h": (2, 0.0, 2.0, (), 30.0),  # the only deadline, at risk: first of band 2
 }
 
 
@@ -161,8 +161,8 @@ def test_node_speed_decides_between_weight_and_size_in_the_claim(app: accord.App
 
 def test_earlier_deadline_first_in_a_band_and_fifo_inside_a_priority(app: accord.App) -> None:
     plain = [s.nap.submit(f"p{i}").id for i in range(3)]
-    late = s.nap.with_options(deadline=900.0).submit("late").id
-    soon = s.nap.with_options(deadline=60.0).submit("soon").id
+    late = s.nap.with_options(deadline=50.0).submit("late").id
+    soon = s.nap.with_options(deadline=20.0).submit("soon").id
     higher = s.nap.with_options(priority=1).submit("higher").id
     node_id = register(app.store)
     got = [t.id for t in claim(app.store, node_id, 10)]
@@ -467,3 +467,55 @@ def test_a_deadline_missed_while_waiting_is_recorded(app: accord.App) -> None:
     assert stuck.info().state is TaskState.READY
     missed = [e.task_id for e in app.store.events() if e.kind == "deadline_missed"]
     assert missed == [stuck.id]
+
+
+# -- the candidates: the cheapest of a level, not only its oldest -----------------
+def test_a_cheap_task_behind_a_long_run_of_dear_ones_is_claimed_first(app: accord.App) -> None:
+    """100 tasks of weight 10, then one of weight 0, all of one priority: the
+    cost rule takes the weight-0 task first although 100 older ones sit ahead
+    of it in its level (more than a claim reads by age)."""
+    s.nap.with_options(weight=10.0).map([(i,) for i in range(100)])
+    cheap = s.nap.with_options(weight=0.0).submit("cheap").id
+    node_id = register(app.store)
+    assert [t.id for t in claim(app.store, node_id, 1)] == [cheap]
+
+
+def test_the_claim_takes_what_the_simulator_would(app: accord.App) -> None:
+    """The store's claims and the simulator's choices agree, one task at a
+    time, on a queue of several levels longer than the candidate bound: both
+    rank accord.scheduling.policy.bounded_candidates of the same tasks."""
+    import random
+
+    from accord.scheduling import Candidate
+    from accord.scheduling.policy import bounded_candidates
+
+    rng = random.Random(5)
+    for priority in (0, 0, 1):
+        s.nap.with_options(priority=priority).map([(i,) for i in range(5)])
+        for _ in range(40):
+            s.nap.with_options(
+                priority=priority,
+                weight=round(rng.uniform(0, 10), 3),
+                size=round(rng.uniform(0, 10), 3),
+            ).submit("x")
+    infos = {}
+    for run in app.store.runs(limit=1000):
+        for info in app.store.tasks(run.id):
+            infos[info.id] = info
+    weights = {}
+    for info in infos.values():
+        row = app.store._read("SELECT weight, size FROM tasks WHERE id = ?", (info.id,))[0]  # type: ignore[attr-defined]
+        weights[info.id] = (float(row[0]), float(row[1]))
+    policy = CostPolicy()
+    node_id = register(app.store)
+    ready = {
+        i: (Candidate(i, info.priority, *weights[i], info.ready_at, None), "")
+        for i, info in infos.items()
+    }
+    for _ in range(30):
+        got = claim(app.store, node_id, 1, speed=1.0)
+        now = app.store.now()
+        bounded = bounded_candidates(ready.values(), 17)
+        expected = min(bounded, key=lambda r: policy.key(r[0], now, 1.0))[0].id
+        assert [t.id for t in got] == [expected]
+        del ready[expected]

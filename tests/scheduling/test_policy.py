@@ -64,7 +64,7 @@ def test_least_cost_first_inside_a_band() -> None:
     ]
     assert order(CostPolicy(), tasks, now=0.0, speed=1.0) == [2, 4, 3, 1]
     policy = CostPolicy()
-    assert policy.key(tasks[0], 0.0, 1.0)[2] == 3.0
+    assert policy.key(tasks[0], 0.0, 1.0)[3] == 3.0
     assert policy.key(tasks[1], 0.0, 2.0)[2] == 0.5 + 1.0 / 2.0
 
 
@@ -125,9 +125,8 @@ def test_aging_with_equal_cost_overtakes_on_reaching_the_same_band() -> None:
     assert order(policy, [old, cand(2, priority=3, ready_at=12.0)], now=12.0) == [1, 2]
 
 
-def test_default_aging_is_one_level_every_two_minutes() -> None:
-    policy = CostPolicy()
-    assert policy.aging == pytest.approx(1 / 120)
+def test_aging_at_one_level_every_two_minutes() -> None:
+    policy = CostPolicy(aging=1 / 120)
     old = cand(1, priority=0, weight=5.0, ready_at=0.0)
     fresh_at = lambda now: cand(2, priority=5, weight=0.0, ready_at=now)  # noqa: E731
     # Five levels down: overtakes after 6 levels = 720 s, not at 719 s.
@@ -135,10 +134,25 @@ def test_default_aging_is_one_level_every_two_minutes() -> None:
     assert order(policy, [old, fresh_at(720.5)], now=720.5) == [1, 2]
 
 
-def test_without_aging_a_low_task_never_overtakes() -> None:
+def test_by_default_no_aging_but_a_hard_starvation_bound() -> None:
+    """Without aging a low task never overtakes by priority; once it has
+    waited ``starve_after`` seconds (default 20 minutes) it is overdue and
+    goes before every task that is not."""
+    policy = CostPolicy()
+    assert policy.aging == 0.0 and policy.starve_after == 1200.0
+    old = cand(1, priority=0, ready_at=0.0)
+    assert order(policy, [old, cand(2, priority=9, ready_at=1199.0)], now=1199.9) == [2, 1]
+    assert order(policy, [old, cand(2, priority=9, ready_at=1199.0)], now=1200.0) == [1, 2]
+    # Overdue tasks among themselves: the oldest first, whatever the priority.
+    older = cand(3, priority=0, ready_at=-5.0)
+    top = cand(4, priority=9, ready_at=-1.0)
+    assert order(policy, [top, old, older], now=1300.0) == [3, 4, 1]
+
+
+def test_without_aging_or_bound_a_low_task_never_overtakes() -> None:
     old = cand(1, priority=0, ready_at=0.0)
     fresh = cand(2, priority=1, ready_at=10**6)
-    assert order(CostPolicy(aging=0), [old, fresh], now=10**6) == [2, 1]
+    assert order(CostPolicy(aging=0, starve_after=1e9), [old, fresh], now=10**6) == [2, 1]
     assert order(PriorityPolicy(), [old, fresh], now=10**6) == [2, 1]
 
 
@@ -151,7 +165,11 @@ def test_earlier_deadline_first_inside_a_band_and_no_deadline_last() -> None:
         cand(4, weight=1.0),  # no deadline
         cand(5, weight=0.0, deadline_at=100.0),  # same deadline as 2, cheaper
     ]
-    assert order(CostPolicy(), tasks, now=0.0) == [3, 5, 2, 1, 4]
+    # Every deadline at risk (a slack larger than any of them): EDF first.
+    assert order(CostPolicy(deadline_slack=1000), tasks, now=0.0) == [3, 5, 2, 1, 4]
+    # The default slack (60 s): only task 3 (50 - 5 < 60) is at risk; the
+    # others go by cost.
+    assert order(CostPolicy(), tasks, now=0.0) == [3, 1, 5, 4, 2]
 
 
 def test_a_deadline_does_not_cross_priority_bands() -> None:
@@ -160,7 +178,7 @@ def test_a_deadline_does_not_cross_priority_bands() -> None:
         cand(2, priority=1),
         cand(3, priority=1, deadline_at=500.0),
     ]
-    assert order(CostPolicy(), tasks, now=0.0) == [3, 2, 1]
+    assert order(CostPolicy(deadline_slack=1000), tasks, now=0.0) == [3, 2, 1]
 
 
 def test_a_missed_deadline_still_ranks_first_in_its_band() -> None:
@@ -277,8 +295,10 @@ def test_a_custom_policy_orders_the_store_claims(store_url: str) -> None:
 
 def test_a_key_with_nan_or_inf_parts_is_still_a_total_order() -> None:
     """No deadline is +inf: such keys still compare (never NaN)."""
-    key = CostPolicy().key(cand(1), 0.0, 1.0)
+    key = PriorityPolicy().key(cand(1, ready_at=math.inf), 0.0, 1.0)
     assert key[1] == math.inf
+    key = CostPolicy().key(cand(1, size=math.inf), 0.0, 1.0)
+    assert key[3] == math.inf
     assert all(not math.isnan(part) for part in key)
 
 

@@ -16,6 +16,7 @@ rest; inside a priority band, tasks with a deadline go first, earliest first.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,29 +56,55 @@ class Policy(Protocol):
 
 
 class CostPolicy:
-    """Priority bands with aging, then earliest deadline, then least cost w + d / v.
+    """Overdue work first; then the highest priority; inside a priority, a
+    task whose deadline is at risk first (earliest deadline first), then the
+    least cost C(t) = w + d / v.
 
-    ``aging`` is how many priority levels a ready task gains per second of
-    waiting (default: one level every two minutes, so a task 5 levels down
-    outranks fresh work after 10 minutes at most).
+    - ``starve_after`` (seconds, default 1200) bounds starvation: a task that
+      has waited that long is *overdue* and goes before every task that is
+      not, overdue tasks in the order they became ready. No task that became
+      ready after an overdue one starts before it on a node that can run it
+      (docs/scheduling.md, "Starvation bound"). Set it below the length of
+      the overloads an app sees and urgent work pays for it: overdue bulk
+      work then takes the nodes in the middle of an urgent surge.
+    - ``deadline_slack`` (seconds, default 60): a task with a deadline is at
+      risk once ``deadline - now - C(t) < deadline_slack``. Deadlines far
+      away do not reorder the level, so cheap work still goes first.
+    - ``aging`` (priority levels per second of waiting, default 0: none)
+      raises a waiting task's priority gradually, for apps that want that on
+      top of the hard bound.
     """
 
     name = "cost"
 
-    def __init__(self, aging: float = 1 / 120) -> None:
+    def __init__(
+        self, aging: float = 0.0, starve_after: float = 1200.0, deadline_slack: float = 60.0
+    ) -> None:
         self.aging = _finite("aging", aging)
+        self.starve_after = _finite("starve_after", starve_after, positive=True)
+        self.deadline_slack = _finite("deadline_slack", deadline_slack)
 
     def effective_priority(self, task: Candidate, now: float) -> float:
         return task.priority + self.aging * max(0.0, now - task.ready_at)
 
+    def overdue(self, task: Candidate, now: float) -> bool:
+        return now - task.ready_at >= self.starve_after
+
     def key(self, task: Candidate, now: float, speed: float) -> tuple[float, ...]:
+        if self.overdue(task, now):
+            return (0.0, task.ready_at, 0.0, 0.0, 0.0, 0.0, task.id)
         band = math.floor(self.effective_priority(task, now))
-        deadline = task.deadline_at if task.deadline_at is not None else math.inf
         cost = task.weight + task.size / speed
-        return (-band, deadline, cost, task.ready_at, task.id)
+        deadline = task.deadline_at
+        if deadline is not None and deadline - now - cost < self.deadline_slack:
+            return (1.0, -band, 0.0, deadline, cost, task.ready_at, task.id)
+        return (1.0, -band, 1.0, cost, 0.0, task.ready_at, task.id)
 
     def __repr__(self) -> str:
-        return f"CostPolicy(aging={self.aging})"
+        return (
+            f"CostPolicy(aging={self.aging}, starve_after={self.starve_after}, "
+            f"deadline_slack={self.deadline_slack})"
+        )
 
 
 class PriorityPolicy:
@@ -99,7 +126,39 @@ class FifoPolicy:
         return (task.ready_at, task.id)
 
 
-POLICIES = {"cost": CostPolicy, "priority": PriorityPolicy, "fifo": FifoPolicy}
+class SmithPolicy:
+    """Weighted shortest processing time first (Smith's rule): least
+    (w + d / v) / (1 + priority); optimal for weighted completion on one
+    machine, with no bound on the wait of large, unimportant tasks. A
+    baseline for the simulator."""
+
+    name = "smith"
+    priority_first = False
+
+    def key(self, task: Candidate, now: float, speed: float) -> tuple[float, ...]:
+        cost = task.weight + task.size / speed
+        return (cost / (1 + max(task.priority, 0)), task.ready_at, task.id)
+
+
+class EdfPolicy:
+    """Earliest deadline first, tasks without one after, first come first
+    served among equals; priorities ignored. A baseline for the simulator."""
+
+    name = "edf"
+    priority_first = False
+
+    def key(self, task: Candidate, now: float, speed: float) -> tuple[float, ...]:
+        deadline = task.deadline_at if task.deadline_at is not None else math.inf
+        return (deadline, task.ready_at, task.id)
+
+
+POLICIES: dict[str, type[Policy]] = {
+    "cost": CostPolicy,
+    "priority": PriorityPolicy,
+    "fifo": FifoPolicy,
+    "smith": SmithPolicy,
+    "edf": EdfPolicy,
+}
 
 
 def policy_named(name: str) -> Policy:
@@ -111,6 +170,42 @@ def policy_named(name: str) -> Policy:
         ) from None
     policy: Policy = factory()
     return policy
+
+
+def bounded_candidates(
+    ready: Iterable[tuple[Candidate, str]], per_level: int
+) -> list[tuple[Candidate, str]]:
+    """The candidates a claim reads, as ``(candidate, req_key)`` pairs: for each
+    (requirement class, priority) level its ``per_level`` oldest tasks and its
+    ``per_level`` cheapest at speed 1 (least ``weight + size``), and the
+    ``per_level`` earliest deadlines of the whole queue.
+
+    The store reads exactly these rows off its indexes (accord.store.sql);
+    the simulator applies the same function, so both rank the same set.
+    """
+    levels: dict[tuple[str, int], list[tuple[Candidate, str]]] = {}
+    dated: list[tuple[Candidate, str]] = []
+    for row in ready:
+        levels.setdefault((row[1], row[0].priority), []).append(row)
+        if row[0].deadline_at is not None:
+            dated.append(row)
+    chosen: dict[int, tuple[Candidate, str]] = {}
+    for rows in levels.values():
+        if len(rows) <= per_level:
+            chosen.update((r[0].id, r) for r in rows)
+            continue
+        for r in heapq.nsmallest(per_level, rows, key=lambda r: (r[0].ready_at, r[0].id)):
+            chosen[r[0].id] = r
+        for r in heapq.nsmallest(per_level, rows, key=_cheapest):
+            chosen[r[0].id] = r
+    for r in heapq.nsmallest(per_level, dated, key=lambda r: (r[0].deadline_at, r[0].id)):
+        chosen[r[0].id] = r
+    return list(chosen.values())
+
+
+def _cheapest(row: tuple[Candidate, str]) -> tuple[float, float, int]:
+    task = row[0]
+    return (task.weight + task.size, task.ready_at, task.id)
 
 
 @dataclass(slots=True)

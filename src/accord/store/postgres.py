@@ -106,8 +106,12 @@ WITH RECURSIVE levels (req_key, priority, n) AS (
 SELECT c.id, c.priority, c.weight, c.size, c.ready_at, c.deadline_at, c.resources,
        c.limit_key, levels.req_key
 FROM levels, LATERAL (
-    SELECT * FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = levels.req_key
-    AND priority = levels.priority AND ready_at <= ? ORDER BY ready_at LIMIT ?) c
+    (SELECT * FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = levels.req_key
+     AND priority = levels.priority AND ready_at <= ? ORDER BY ready_at LIMIT ?)
+    UNION ALL
+    (SELECT * FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = levels.req_key
+     AND priority = levels.priority AND ready_at <= ? ORDER BY weight + size, ready_at LIMIT ?)
+    ) c
 UNION ALL
 (SELECT id, priority, weight, size, ready_at, deadline_at, resources, limit_key, req_key
  FROM tasks WHERE queue = ? AND state = 'ready' AND deadline_at IS NOT NULL
@@ -609,10 +613,18 @@ class PgStore(SqlStateMixin, SqlStore):
         if self.changed():
             return True
         listener = self._listener
-        if listener is None or not listener.alive:
+        if listener is None:
             time.sleep(timeout)
         else:
-            listener.wait(_sender(), getattr(self._local, "seen", None), timeout)
+            # Also while it is not connected yet (or again): it counts a change
+            # the moment it is listening, which ends this wait. Sleeping out
+            # the timeout instead left a waiter that started early (a new
+            # store, a reconnect) deaf for its whole wait.
+            sender = _sender()
+            seen = getattr(self._local, "seen", None) if listener.alive else None
+            if seen is None:
+                seen = listener.others(sender)  # any change from now on
+            listener.wait(sender, seen, timeout)
         return self.changed()
 
     # -- faster paths -----------------------------------------------------
@@ -626,7 +638,7 @@ class PgStore(SqlStateMixin, SqlStore):
         tasks by a lateral index scan, then the earliest deadlines."""
         candidates: list[Any] = []
         seen: set[int] = set()
-        params = (queue, queue, queue, now, per_level, queue, now, per_level)
+        params = (queue, queue, queue, now, per_level, queue, now, per_level, queue, now, per_level)
         for row in c.execute(_CANDIDATES_SQL, params):
             if row[0] not in seen and node.can_meet(row[8]):
                 seen.add(row[0])

@@ -886,10 +886,12 @@ class SqlStore(Store):
     def _candidates(
         self, c: Conn, queue: str, now: float, per_level: int, node: NodeSpec
     ) -> list[Any]:
-        """Bounded candidates: the oldest eligible tasks of each (requirement
-        class, priority) level the node can run, read off the tasks_ready
-        index, plus the earliest deadlines. Rows: id, priority, weight, size,
-        ready_at, deadline_at, resources, limit_key."""
+        """Bounded candidates, as accord.scheduling.policy.bounded_candidates
+        states them: the oldest and the cheapest eligible tasks of each
+        (requirement class, priority) level the node can run, read off the
+        tasks_ready and tasks_ready_cost indexes, plus the earliest deadlines.
+        Rows: id, priority, weight, size, ready_at, deadline_at, resources,
+        limit_key."""
         candidates: list[Any] = []
         # Levels are found by skipping through the index, one seek each.
         level = c.execute(
@@ -902,16 +904,37 @@ class SqlStore(Store):
             levels += 1
             level_req, level_priority = level
             if node.can_meet(level_req):
-                candidates += c.execute(
+                params = (queue, level_req, level_priority, now, per_level)
+                oldest = c.execute(
                     "SELECT id, priority, weight, size, ready_at, deadline_at, resources, "
                     "limit_key FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = ? "
                     "AND priority = ? AND ready_at <= ? ORDER BY ready_at LIMIT ?",
-                    (queue, level_req, level_priority, now, per_level),
+                    params,
                 ).fetchall()
+                candidates += oldest
+                if len(oldest) == per_level:
+                    # A longer level: its cheapest tasks too, off their own
+                    # index (tasks_ready_cost), so that a cheap task behind a
+                    # run of dear ones is a candidate.
+                    candidates += c.execute(
+                        "SELECT id, priority, weight, size, ready_at, deadline_at, resources, "
+                        "limit_key FROM tasks WHERE queue = ? AND state = 'ready' "
+                        # "+ready_at": not a range on tasks_ready, which SQLite
+                        # would otherwise pick and sort the whole level by cost.
+                        "AND req_key = ? AND priority = ? AND +ready_at <= ? "
+                        "ORDER BY weight + size, ready_at LIMIT ?",
+                        params,
+                    ).fetchall()
             level = self._next_level(c, queue, level_req, level_priority)
         # Tasks with deadlines come first inside their band, wherever they sit:
         # the earliest deadlines join the candidates through their own index.
-        seen = {r[0] for r in candidates}
+        seen: set[int] = set()
+        unique = []
+        for r in candidates:
+            if r[0] not in seen:
+                seen.add(r[0])
+                unique.append(r)
+        candidates = unique
         for r in c.execute(
             "SELECT id, priority, weight, size, ready_at, deadline_at, resources, limit_key, "
             "req_key FROM tasks WHERE queue = ? AND state = 'ready' AND deadline_at IS NOT NULL "

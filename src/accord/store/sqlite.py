@@ -14,11 +14,16 @@ file lock the kernel drops with the process.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
 import os
 import random
+import select
+import socket
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -192,6 +197,107 @@ def make_store_dir(path: str, file_mode: int = DEFAULT_FILE_MODE) -> None:
     os.chmod(parent, mode)  # the umask may have taken bits away
 
 
+class Wakeups:
+    """Cross-process wake-ups for one store file, over Unix datagram sockets.
+
+    SQLite tells no one of a commit: without this, a node in another process
+    learns of new work, and a client of its result, only when its next poll
+    of ``PRAGMA data_version`` comes round (1 to 20 ms). Here each waiter
+    binds a socket in a folder beside the file (``work-*`` for nodes, ``news-*``
+    for result waiters), and a writer, after its COMMIT, sends one byte to
+    each socket of the kind its commit concerns. A wake-up only says "look
+    again": the waiter still reads the store, so a lost or spurious datagram
+    costs a poll, never correctness. A socket whose process died refuses the
+    datagram and is removed by the sender.
+    """
+
+    def __init__(self, db_path: str) -> None:
+        real = os.path.realpath(db_path)
+        folder = real + "-wake"
+        # A socket path is at most 108 bytes: fall back to the temp folder.
+        if len(folder) > 60:
+            digest = hashlib.sha1(real.encode()).hexdigest()[:16]
+            folder = os.path.join(tempfile.gettempdir(), f"accord-wake-{digest}")
+        self.folder = folder
+        self.enabled = hasattr(socket, "AF_UNIX")
+        self._names = itertools.count()
+        self._sender: socket.socket | None = None
+
+    def listen(self, kind: str) -> socket.socket | None:
+        """A bound, non-blocking socket that commits of ``kind`` wake; None
+        where this platform or folder cannot have one (callers then poll)."""
+        if not self.enabled:
+            return None
+        try:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            path = os.path.join(self.folder, f"{kind}-{os.getpid()}-{next(self._names)}")
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            sock.bind(path)
+            sock.setblocking(False)
+        except OSError:
+            return None
+        return sock
+
+    @staticmethod
+    def forget(sock: socket.socket) -> None:
+        try:
+            name = sock.getsockname()
+            sock.close()
+            if isinstance(name, str) and name:
+                os.unlink(name)
+        except OSError:
+            pass
+
+    def notify(self, kinds: tuple[str, ...]) -> None:
+        """Wake every socket of these kinds (after a commit; never raises)."""
+        if not self.enabled or not kinds:
+            return
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        sender = self._sender
+        if sender is None:
+            try:
+                sender = self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                sender.setblocking(False)
+            except OSError:
+                self.enabled = False
+                return
+        for name in names:
+            if not name.startswith(kinds):
+                continue
+            path = os.path.join(self.folder, name)
+            try:
+                sender.sendto(b"w", path)
+            except BlockingIOError:
+                pass  # its buffer is full: it has wake-ups to read already
+            except (ConnectionRefusedError, FileNotFoundError):
+                try:
+                    os.unlink(path)  # its process is gone
+                except OSError:
+                    pass
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+
+def drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(64):
+            pass
+    except OSError:
+        pass
+
+
 class SqliteStore(SqliteStateMixin, SqlStore):
     """The embedded store, in one SQLite file (``sqlite:///path``)."""
 
@@ -226,6 +332,8 @@ class SqliteStore(SqliteStateMixin, SqlStore):
                 f"for example sqlite:///{os.path.join(self.path, 'accord.db')}",
                 path=self.path,
             )
+        self._wakeups = Wakeups(self.path)
+        self._waiters: list[socket.socket] = []
         parent = Path(self.path).parent
         if not parent.exists():
             raise StoreURLError(
@@ -419,6 +527,10 @@ class SqliteStore(SqliteStateMixin, SqlStore):
         self._closed = True
         with self._lock:
             conns, self._all = self._all, []
+            waiters, self._waiters = self._waiters, []
+        for sock in waiters:
+            self._wakeups.forget(sock)
+        self._wakeups.close()
         for conn in conns:
             try:
                 conn.close()
@@ -435,7 +547,63 @@ class SqliteStore(SqliteStateMixin, SqlStore):
     def _write(self, body: Callable[[_Tx], T]) -> T:
         # The database lock is held from BEGIN IMMEDIATE: nothing to retry.
         with self._tx() as tx:
-            return body(tx)
+            result = body(tx)
+        # Committed: wake whoever this commit concerns, in any process.
+        kinds: tuple[str, ...] = ("work-",) if tx.work else ()
+        if tx.news:
+            kinds += ("news-",)
+        self._wakeups.notify(kinds)
+        return result
+
+    def on_work(self, wake: Callable[[], None]) -> Callable[[], None]:
+        sock = self._wakeups.listen("work")
+        if sock is None:
+            return lambda: None
+        stop_r, stop_w = os.pipe()
+
+        def relay() -> None:
+            # Blocks in poll, not in the node's loop: the loop sleeps in its
+            # pool's wait, which wake() ends.
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            poller.register(stop_r, select.POLLIN)
+            while True:
+                events = poller.poll()
+                if any(fd == stop_r for fd, _ in events):
+                    return
+                drain(sock)
+                wake()
+
+        thread = threading.Thread(target=relay, name="accord-wakeups", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            os.write(stop_w, b"x")
+            thread.join(5.0)
+            os.close(stop_r)
+            os.close(stop_w)
+            self._wakeups.forget(sock)
+
+        return stop
+
+    def wait_changed(self, timeout: float) -> bool:
+        sock: socket.socket | None = getattr(self._local, "news", None)
+        if sock is None or getattr(self._local, "news_pid", None) != os.getpid():
+            sock = self._wakeups.listen("news")
+            if sock is None:
+                return super().wait_changed(timeout)
+            self._local.news = sock
+            self._local.news_pid = os.getpid()
+            with self._lock:
+                self._waiters.append(sock)
+        # Bound before this look: a commit after it wakes the select below.
+        if self.changed():
+            drain(sock)
+            return True
+        ready, _, _ = select.select([sock], [], [], timeout)
+        if ready:
+            drain(sock)
+        return self.changed()
 
     def _new_task_ids(self, c: Conn, count: int) -> list[int]:
         # The writer holds the database: nobody else takes ids meanwhile.

@@ -254,6 +254,8 @@ class Node:
         dispatched: dict[int, float] = {}
         look = True
         urgent = False
+        urgent_level = MIN_PRIORITY  # the priority of the urgent work to claim
+        reprobe = False
         next_probe = 0.0
         done_since = 0.0
         done_top = MIN_PRIORITY  # the highest priority among ``done``
@@ -276,8 +278,18 @@ class Node:
                 if look_at and now >= look_at:
                     look_at = 0.0
                     look = look or self._work_left()
-                self._dispatch(pool, waiting, dispatched, now)
                 target = self._target()
+                # Room for urgent work: the prefetch less what runs and what is
+                # queued here at least as important (the backlog queued behind
+                # goes after it, so it does not count).
+                room = 0
+                if urgent and not self._stop.is_set():
+                    ahead = sum(1 for task in waiting if task.priority >= urgent_level)
+                    room = target - pool.active() - ahead
+                if room <= 0:
+                    # (With urgent work to claim now, claim it first: a slot
+                    # freed meanwhile would take the next backlog task.)
+                    self._dispatch(pool, waiting, dispatched, now)
                 want = target - len(waiting) - pool.active()
                 # Batch: while queued work keeps the slots busy, let results pile
                 # up for a few milliseconds and claim only when the queue runs low,
@@ -296,10 +308,12 @@ class Node:
                     and (look or flush or now >= next_claim)
                     and (len(waiting) <= max(self.slots, target // 2))
                 )
-                if urgent and not self._stop.is_set():
+                if room > 0:
                     # More important work arrived than what is queued here:
-                    # claim it now, ahead of the local queue.
-                    want = max(want, self.slots)
+                    # claim it now, as much as there is room for; it goes
+                    # ahead of the local queue. (Without room, it waits until
+                    # the urgent work queued here has started.)
+                    want = room
                     refill = True
                 if flush or refill:
                     finishing = {completion.task_id for completion in done}
@@ -314,14 +328,16 @@ class Node:
                             # Tasks finishing in this commit no longer take capacity:
                             # their dependents can be claimed in the same commit.
                             free=self._free(
-                                [t for t in held.values() if t.id not in finishing],
+                                self._holding(
+                                    held, finishing, pool, urgent_level if room > 0 else None
+                                ),
                                 pool,
-                                (target + (self.slots if urgent else 0)) / self.slots,
+                                target / self.slots,
                             ),
                             policy=self.app.policy,
                             # Nothing says there is new work: claim only if these
                             # results make some (a round trip saved per result).
-                            only_if_work=not (look or urgent or now >= next_claim),
+                            only_if_work=not (look or room > 0 or now >= next_claim),
                         )
                     except UnstorableError as exc:
                         if not done:  # not a result's data: nothing to set apart
@@ -350,15 +366,26 @@ class Node:
                     done_top = MIN_PRIORITY
                     for task in claimed:
                         held[task.id] = task
-                    if urgent and claimed and waiting:
-                        waiting = deque(sorted([*claimed, *waiting], key=_by_priority))
+                    ahead = bool(claimed and waiting) and claimed[0].priority > waiting[-1].priority
+                    if ahead:
+                        # The local queue stays in priority order (stable: the
+                        # claim's policy order within a priority): a task more
+                        # important than some queued here goes ahead of them,
+                        # whether an urgent probe or a plain refill claimed it.
+                        waiting = deque(sorted([*waiting, *claimed], key=_by_priority))
                     else:
                         waiting.extend(claimed)
                     if refill:
                         # Got some: more may be waiting (the batch may have been cut
                         # by free resources). Got none: wait for someone's commit,
-                        # or the idle interval.
-                        urgent = False
+                        # or the idle interval. An urgent claim that filled its
+                        # batch looks again whether more urgent work is left.
+                        if room > 0:
+                            # Took all it had room for: more may be left.
+                            reprobe = len(claimed) >= want
+                            urgent = False
+                            urgent_level = MIN_PRIORITY
+                        reprobe = reprobe or ahead
                         look = bool(claimed) and len(claimed) >= want
                         next_claim = now + IDLE_CLAIM_INTERVAL
                     elif accepted:
@@ -385,15 +412,22 @@ class Node:
                         ran = held.get(completion.task_id)
                         if ran is not None and ran.priority > done_top:
                             done_top = ran.priority
-                if store.work_changed():
+                changed = store.work_changed()
+                if changed:
                     if self._rank == 0:
                         look = True
                     elif not (look or look_at):
                         look_at = now + STAGGER * min(self._rank, STAGGER_RANKS)
-                    if waiting and now >= next_probe:
-                        next_probe = now + PROBE_INTERVAL
-                        best = store.best_ready_priority(self.app.name)
-                        urgent = best is not None and best > waiting[0].priority
+                if waiting and ((changed and now >= next_probe) or reprobe):
+                    reprobe = False
+                    next_probe = now + PROBE_INTERVAL
+                    best = store.best_ready_priority(self.app.name)
+                    # Against the least important task queued here (the queue
+                    # is in priority order), not the first: once one urgent
+                    # task heads the queue, the next ones must still overtake
+                    # the backlog queued behind it.
+                    urgent = best is not None and best > waiting[-1].priority
+                    urgent_level = best if urgent and best is not None else MIN_PRIORITY
             self._drain(pool, held, waiting, done)
         finally:
             serving.set()
@@ -464,6 +498,24 @@ class Node:
             return self.slots
         extra = int(PREFETCH_SECONDS / max(avg, 1e-5)) * self.slots
         return self.slots + min(extra, MAX_PREFETCH)
+
+    @staticmethod
+    def _holding(
+        held: dict[int, ClaimedTask], finishing: set[int], pool: Pool, urgent_level: int | None
+    ) -> list[ClaimedTask]:
+        """The held tasks that take capacity from a claim: all of them but
+        those finishing in this commit (their dependents can be claimed in the
+        same commit); for an urgent claim, only those running or at least as
+        important as the urgent work, since it goes ahead of the rest queued
+        here (the prefetched backlog must not crowd it out)."""
+        if urgent_level is None:
+            return [t for t in held.values() if t.id not in finishing]
+        running = {t.id for t in pool.running()}
+        return [
+            t
+            for t in held.values()
+            if t.id not in finishing and (t.id in running or t.priority >= urgent_level)
+        ]
 
     def _free(
         self, tasks: Iterable[ClaimedTask], pool: Pool, scale: float = 1.0
