@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 import accord
+from accord.store.sqlite_group import new_group_id
 
 GROUP_FILES = ("sqlite_group.py", "sqlite_state.py")
 
@@ -199,13 +200,36 @@ def leader(url: str, out: str, kill_at: str) -> None:
             time.sleep(0.001)
         log(out, event="leading", pid=os.getpid())
         sys.stdin.readline()
-        arm(int(kill_at), within="take", c_name="pack_into")
+        # Each slot takes two packs: the owner's lock probe, then the new body.
+        arm(int(kill_at), within="take", c_name="pack")
         try:
             store._lead(None)
         finally:
             group.unlead()
         sys.setprofile(None)
         log(out, event="led")
+
+
+def churn(url: str, out: str, seconds: str) -> None:
+    """Lead for ``seconds``, taking every parked request and handing it back
+    at once (PENDING again, not applied), over and over: each take rewrites
+    the slot's body with the same ticket."""
+    with accord.App("st", store=url) as app:
+        store: Any = app.store
+        group = store._commit_group()
+        while not group.try_lead():
+            time.sleep(0.001)
+        log(out, event="leading", pid=os.getpid())
+        deadline = time.monotonic() + float(seconds)
+        count = 0
+        try:
+            while time.monotonic() < deadline:
+                taken = group.take(new_group_id(), False)
+                group.finish((t.slot, t.ticket, 0, 0, None) for t in taken)
+                count += len(taken)
+        finally:
+            group.unlead()
+        log(out, event="churned", count=count)
 
 
 def fullput(url: str, out: str, filler: str, keep: str) -> None:
@@ -239,4 +263,11 @@ def fullput(url: str, out: str, filler: str, keep: str) -> None:
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     command, *rest = sys.argv[1:]
-    {"model": model, "parked": parked, "leader": leader, "fullput": fullput}[command](*rest)
+    commands: dict[str, Callable[..., None]] = {
+        "model": model,
+        "parked": parked,
+        "leader": leader,
+        "churn": churn,
+        "fullput": fullput,
+    }
+    commands[command](*rest)

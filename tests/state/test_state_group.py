@@ -30,7 +30,7 @@ from state_helpers import finish, spawn
 import accord
 from accord import serde
 from accord.store.sqlite import SqliteStore
-from accord.store.sqlite_group import DONE, PENDING, TAKEN, InDatabase
+from accord.store.sqlite_group import DONE, FREE, PENDING, TAKEN, InDatabase
 from accord.store.sqlite_state import (
     _decode_outcome,
     _decode_request,
@@ -143,6 +143,33 @@ def test_a_leader_that_died_before_its_commit(app: accord.App) -> None:
 
 
 @pytest.mark.sqlite_only
+def test_a_waiting_writer_never_sees_its_slot_freed_while_a_leader_rewrites_it(
+    app: accord.App, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A parked writer reads its slot without the lock while it waits: a
+    leader that rewrites the slot (same ticket) must never make it look freed,
+    which the writer would report as an outcome it cannot know."""
+    app.state.put("warm", 0)
+    store = app.store
+    assert isinstance(store, SqliteStore)
+    group = store._commit_group()
+    slot, ticket = _park(store, "st/churned", 1)
+    out, errors = tmp_path / "log.jsonl", tmp_path / "errors.txt"
+    leader = _worker("churn", sqlite_url, out, 1.5, errors=errors)
+    _wait_for(out, 1, "leading", [leader])
+    seen = {FREE: 0, PENDING: 0, TAKEN: 0}
+    while leader.poll() is None:
+        for _ in range(1000):
+            seen[group.state(slot, ticket)] += 1
+    assert leader.returncode == 0, _errors(errors)
+    (churned,) = [e for e in _entries(out) if e.get("event") == "churned"]
+    assert churned["count"] > 100 and seen[TAKEN] > 0, (churned, seen)
+    assert seen[FREE] == 0, f"the slot looked free {seen[FREE]} times: {seen}"
+    assert group.withdraw(slot, ticket)  # still ours, and never applied
+    assert app.state.get("churned") is None
+
+
+@pytest.mark.sqlite_only
 def test_a_parked_request_can_be_taken_back(app: accord.App) -> None:
     store = app.store
     assert isinstance(store, SqliteStore)
@@ -155,7 +182,7 @@ def test_a_parked_request_can_be_taken_back(app: accord.App) -> None:
 
 
 @pytest.mark.sqlite_only
-@pytest.mark.parametrize("kill_at", [2, 3])
+@pytest.mark.parametrize("kill_at", [4, 5, 9])
 def test_a_leader_killed_while_it_marks_slots_taken(
     app: accord.App, sqlite_url: str, tmp_path: Path, kill_at: int
 ) -> None:

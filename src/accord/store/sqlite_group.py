@@ -365,12 +365,19 @@ class CommitGroup:
         body: tuple[int, int, int, int, int, int] | None = None,
         data: bytes | None = None,
     ) -> None:
-        """Change slot ``i``: data, then body, then (last, one byte) its state."""
+        """Change slot ``i``: data, then body, then (last, one byte) its state.
+
+        The body is packed aside and copied in: ``pack_into`` zeroes its
+        target before it packs, so a writer reading its slot's ticket without
+        the lock (:meth:`state`) would see 0 for an instant while a leader
+        rewrites the body with the same ticket. A copy changes no byte that
+        keeps its value.
+        """
         base = HEADER_SIZE + i * SLOT_SIZE
         if data is not None:
             m.mem[base + _BODY.size : base + _BODY.size + len(data)] = data
         if body is not None:
-            _BODY.pack_into(m.mem, base, *body)
+            m.mem[base : base + _BODY.size] = _BODY.pack(*body)
         m.mem[_STATES_AT + 4 * i] = state
 
     def _data(self, m: _Mapped, i: int, length: int) -> bytes:
@@ -491,6 +498,15 @@ class CommitGroup:
         m = self._map()
         state = m.mem[_STATES_AT + 4 * slot]
         return state if self._body(m, slot)[2] == ticket else FREE
+
+    def lost(self, slot: int, ticket: int) -> bool:
+        """Whether our request's slot is no longer ours (checked under the lock)."""
+        m = self._map()
+        self._lock_queue(m)
+        try:
+            return self._body(m, slot)[2] != ticket or m.mem[_STATES_AT + 4 * slot] == FREE
+        finally:
+            self._unlock_queue(m)
 
     def collect(self, slot: int, ticket: int) -> bytes | InDatabase | None:
         """The outcome if the request is DONE, else None.
@@ -710,12 +726,11 @@ class CommitGroup:
                         self.release(*parked)
                 if outcome is not None:
                     return outcome
-            elif state == FREE:
+            elif state == FREE and self.lost(*parked):
                 # Freed under us while we hold the slot's lock, which the rules
-                # above forbid; it was seen once, in a 4-process compare-and-set
-                # benchmark, and is not explained yet. Freed from PENDING the
-                # request was not applied, from DONE it was: we cannot tell
-                # which, so we say so rather than guess.
+                # above forbid (only the file's being rewritten by hand could
+                # do it). Freed from PENDING the request was not applied, from
+                # DONE it was: we cannot tell which, so we say so rather than guess.
                 raise StoreUnavailableError(
                     f"the outcome of a write to {self.path.removesuffix('-group')} is unknown: "
                     "its group-commit slot was freed while it waited; read the keys back "
