@@ -39,7 +39,15 @@ def test_q3_zombie_node_is_fenced_after_sigcont(tmp_path: Path, app: accord.App)
         zombie = cluster.index_of(first.ppid)
         time.sleep(max(0.0, first.start + 0.3 - time.monotonic()))
         pause = cluster.pause(zombie)
-        value = handle.result(timeout=30)
+        try:
+            value = handle.result(timeout=30)
+        except TimeoutError:
+            # Say where it stood (a pause that caught the holder inside a
+            # write transaction would show as the other node's lock waits).
+            task = store.task(handle.id)
+            pytest.fail(
+                f"not finished in 30 s: {task.state}, fence {task.fence}\n{cluster.logs()[-4000:]}"
+            )
         time.sleep(max(0.0, pause.start + 1.5 * LEASE - time.monotonic()))
         cluster.resume(zombie)
         wait_for(cluster.fenced_rejections, 15, "the zombie's fenced rejection")
