@@ -190,15 +190,21 @@ def parked(url: str, out: str, action: str, *args: str) -> None:
             log(out, event="done", key=key, value=value, revision=revision)
 
 
+def _lead_now(app: accord.App, out: str) -> tuple[Any, Any]:
+    """Take the leader lock of the app's store (waiting for it); log ``leading``."""
+    store: Any = app.store
+    group = store._commit_group()
+    while not group.try_lead():
+        time.sleep(0.001)
+    log(out, event="leading", pid=os.getpid())
+    return store, group
+
+
 def leader(url: str, out: str, kill_at: str) -> None:
     """Hold the leader lock; on a line on stdin, lead one group (parked
     requests only), dying at the ``kill_at``-th slot write inside ``take()``."""
     with accord.App("st", store=url) as app:
-        store: Any = app.store
-        group = store._commit_group()
-        while not group.try_lead():
-            time.sleep(0.001)
-        log(out, event="leading", pid=os.getpid())
+        store, group = _lead_now(app, out)
         sys.stdin.readline()
         # Each slot takes two packs: the owner's lock probe, then the new body.
         arm(int(kill_at), within="take", c_name="pack")
@@ -215,11 +221,7 @@ def churn(url: str, out: str, seconds: str) -> None:
     at once (PENDING again, not applied), over and over: each take rewrites
     the slot's body with the same ticket."""
     with accord.App("st", store=url) as app:
-        store: Any = app.store
-        group = store._commit_group()
-        while not group.try_lead():
-            time.sleep(0.001)
-        log(out, event="leading", pid=os.getpid())
+        _, group = _lead_now(app, out)
         deadline = time.monotonic() + float(seconds)
         count = 0
         try:
