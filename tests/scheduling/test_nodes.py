@@ -321,9 +321,14 @@ def test_q12_priorities_and_delays_hold_while_a_node_is_killed(
         held_early: list[tuple[int, float, float]] = []
 
         def sample() -> None:
-            now = time.time()
             for run_id in runs:
-                for t in store.tasks(run_id):
+                tasks = store.tasks(run_id)
+                # Read the clock after the query: the task was seen running at
+                # some moment before this, so a ready_at later than it is early.
+                # (A time taken before the query is not a bound: a task claimed
+                # on time while the query ran would look early.)
+                now = time.time()
+                for t in tasks:
                     if t.state is TaskState.RUNNING and t.ready_at > now:
                         held_early.append((t.id, t.ready_at, now))
 
