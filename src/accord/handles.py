@@ -22,14 +22,22 @@ POLL_QUICK_FOR = 0.25
 POLL_SLOW = 0.02
 
 
-def wait_until(app: App, check: Any, timeout: float | None, what: str) -> Any:
-    """Call ``check()`` until it returns non-None, re-checking after store commits."""
+def wait_until(
+    app: App, check: Any, timeout: float | None, what: str, *, looked: bool = False
+) -> Any:
+    """Call ``check()`` until it returns non-None, re-checking after store commits.
+
+    ``looked``: the caller has just called ``check()`` (and found nothing),
+    having read ``app.store.changed()`` before it; the first look is skipped
+    (on PostgreSQL it is a round trip to the server)."""
     began = time.monotonic()
     deadline = None if timeout is None else began + timeout
     store = app.store
-    store.changed()
+    if not looked:
+        store.changed()
     while True:
-        found = check()
+        found = None if looked else check()
+        looked = False
         if found is not None:
             return found
         pause = POLL_FAST
@@ -135,15 +143,17 @@ class Handle(Generic[R]):
                 return rows[0]
             return None
 
+        store.changed()  # from here on, a commit wakes the wait below
         row = check()
         if row is None:
+            what = f"task {task_id}"
             ctx = context.current()
             if ctx is not None:
                 ctx.flush()
                 with ctx.blocking():
-                    row = wait_until(self._app, check, timeout, f"task {task_id}")
+                    row = wait_until(self._app, check, timeout, what, looked=True)
             else:
-                row = wait_until(self._app, check, timeout, f"task {task_id}")
+                row = wait_until(self._app, check, timeout, what, looked=True)
         value: R = outcome(row, self._name)
         return value
 
