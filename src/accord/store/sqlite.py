@@ -105,6 +105,14 @@ def translate(exc: BaseException, path: str) -> Exception:
 
 DEFAULT_FILE_MODE = 0o600
 DEFAULT_BUSY_TIMEOUT = 30.0
+# A writer that finds the database locked tries again every 25-100 us for
+# the first 20 ms, then backs off to every 2 ms. Write transactions last well
+# under a millisecond, and a writer that slept longer missed the short gaps
+# between another process's back-to-back commits: a node was kept from its
+# claim for 10 ms and more by a client submitting tasks one after another.
+BUSY_PAUSE_QUICK = 0.0001
+BUSY_QUICK_FOR = 0.02
+BUSY_PAUSE_SLOW = 0.002
 URL_PARAMETERS = ("file_mode", "busy_timeout")
 URL_SYNTAX = (
     "sqlite:///relative/path.db or sqlite:////absolute/path.db, optionally followed by "
@@ -420,8 +428,8 @@ class SqliteStore(SqliteStateMixin, SqlStore):
 
     def _busy(self, action: Callable[[], T]) -> T:
         """Run ``action``, retrying while another process holds the lock."""
-        deadline: float | None = None
-        pause = 0.00005
+        began: float | None = None
+        pause = BUSY_PAUSE_QUICK / 4
         while True:
             try:
                 return action()
@@ -429,12 +437,13 @@ class SqliteStore(SqliteStateMixin, SqlStore):
                 if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
                 now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.busy_timeout
-                elif now > deadline:
+                if began is None:
+                    began = now
+                elif now - began > self.busy_timeout:
                     raise
                 time.sleep(pause * (0.5 + random.random()))
-                pause = min(pause * 2, 0.002)
+                cap = BUSY_PAUSE_QUICK if now - began < BUSY_QUICK_FOR else BUSY_PAUSE_SLOW
+                pause = min(pause * 2, cap)
 
     @contextmanager
     def _tx(self) -> Iterator[_Tx]:
