@@ -286,10 +286,12 @@ class Node:
                 if urgent and not self._stop.is_set():
                     ahead = sum(1 for task in waiting if task.priority >= urgent_level)
                     room = target - pool.active() - ahead
-                if room <= 0:
-                    # (With urgent work to claim now, claim it first: a slot
-                    # freed meanwhile would take the next backlog task.)
-                    self._dispatch(pool, waiting, dispatched, now)
+                # With urgent work to claim now, a freed slot starts only what is
+                # queued here at least as important (the queue is in priority
+                # order): the next backlog task waits until the claim is in.
+                self._dispatch(
+                    pool, waiting, dispatched, now, urgent_level if room > 0 else MIN_PRIORITY
+                )
                 want = target - len(waiting) - pool.active()
                 # Batch: while queued work keeps the slots busy, let results pile
                 # up for a few milliseconds and claim only when the queue runs low,
@@ -298,8 +300,10 @@ class Node:
                     not waiting
                     or len(done) >= FLUSH_COUNT
                     or now - done_since >= FLUSH_AGE
-                    # something more important than the queue finished: report it now
-                    or done_top > waiting[0].priority
+                    # something more important than some of the queue finished
+                    # (urgent work among a backlog): report it now; results of
+                    # work as important as all that is queued still batch
+                    or done_top > waiting[-1].priority
                 )
                 refill = (
                     want > 0
@@ -541,16 +545,18 @@ class Node:
         waiting: deque[ClaimedTask],
         dispatched: dict[int, float],
         now: float,
+        floor: int = MIN_PRIORITY,
     ) -> None:
         """Start queued tasks on free slots, in order, skipping those whose
-        resources are not free yet (smaller tasks go ahead meanwhile)."""
+        resources are not free yet (smaller tasks go ahead meanwhile), and
+        none of a priority below ``floor``."""
         if self._cut_off():
             return  # their leases may be gone: start nothing until a heartbeat passes
         if not waiting or pool.free() <= 0:
             return
         free = self._free(pool.running(), pool)
         skipped: list[ClaimedTask] = []
-        while waiting and pool.free() > 0:
+        while waiting and pool.free() > 0 and waiting[0].priority >= floor:
             task = waiting.popleft()
             if not fits(task.needs, free):
                 skipped.append(task)
