@@ -83,10 +83,14 @@ def test_m2_broadcast_with_churn(app: accord.App, store_url: str, tmp_path: Path
     names = ["s0", "s1", "s2"]
     logs = {n: tmp_path / f"{n}.jsonl" for n in names}
     procs = {n: spawn("subscriber", store_url, "m2", n, logs[n], count - 1) for n in names}
-    deadline = time.monotonic() + 30
-    while set(topic.subscribers()) != set(names):  # registered before the first publish
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+
+    def registered(expected: set[str]) -> None:
+        deadline = time.monotonic() + 30
+        while set(topic.subscribers()) != expected:
+            assert time.monotonic() < deadline, f"subscribers {topic.subscribers()}"
+            time.sleep(0.02)
+
+    registered(set(names))  # before the first publish
     rng = random.Random(5)
     late_log = tmp_path / "late.jsonl"
     late: Any = None
@@ -95,6 +99,9 @@ def test_m2_broadcast_with_churn(app: accord.App, store_url: str, tmp_path: Path
             topic.publish({"n": i})
             if i == count // 3:
                 late = spawn("subscriber", store_url, "m2", "late", late_log, count - 1)
+                # Before the rest is published: a process slow to start on a
+                # loaded machine would otherwise join after the last message.
+                registered({*names, "late"})
             if i % 60 == 30:  # kill s0 and start it again: it resumes where it stopped
                 procs["s0"].send_signal(signal.SIGKILL)
                 procs["s0"].wait()
