@@ -200,10 +200,10 @@ def main() -> None:
     # the next by more than the claim's own work: measure the two sizes in
     # turn, three times, and also in memory (/dev/shm), where the figure is
     # the claim path's alone.
-    folders = {"on disk": None, "in memory": "/dev/shm" if os.path.isdir("/dev/shm") else None}
-    for where, folder in folders.items():
-        if where == "in memory" and folder is None:
-            continue
+    folders: list[tuple[str, str | None]] = [("on disk", None)]
+    if os.path.isdir("/dev/shm"):
+        folders.append(("in memory", "/dev/shm"))
+    for where, folder in folders:
         rates: dict[int, list[float]] = {small: [], large: []}
         for _ in range(1 if args.quick else 3):
             for queued in (small, large):

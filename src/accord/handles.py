@@ -33,13 +33,11 @@ def wait_until(
     began = time.monotonic()
     deadline = None if timeout is None else began + timeout
     store = app.store
+    found = None
     if not looked:
         store.changed()
-    while True:
-        found = None if looked else check()
-        looked = False
-        if found is not None:
-            return found
+        found = check()
+    while found is None:
         pause = POLL_FAST
         while not store.wait_changed(pause):
             if deadline is not None and time.monotonic() >= deadline:
@@ -47,6 +45,8 @@ def wait_until(
             # Stay quick for a short wait; back off for a long one.
             cap = POLL_SLOW if time.monotonic() - began > POLL_QUICK_FOR else POLL_QUICK
             pause = min(pause * 1.5, cap)
+        found = check()
+    return found
 
 
 def outcome(row: TaskResult, name: str) -> Any:

@@ -128,6 +128,11 @@ def _db_hits(executions: list[Execution], faults: list[Fault], lease: float) -> 
     return dict(out)
 
 
+def _ran_after(executions: list[Execution], pids: list[int], since: float) -> list[int]:
+    """For each node (by pid), how many executions it started after ``since``."""
+    return [sum(1 for e in executions if e.ppid == pid and e.start > since) for pid in pids]
+
+
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("seed", [5])
 def test_q5_postgres_crash_restart(tmp_path: Path, own_pg: PgServer, seed: int) -> None:
@@ -199,8 +204,7 @@ def test_q5_postgres_crash_restart(tmp_path: Path, own_pg: PgServer, seed: int) 
         last_end = max(f.end or 0.0 for f in nemesis.faults)
 
         def ran_after() -> list[int]:
-            runs = cluster.executions()
-            return [sum(1 for e in runs if e.ppid == pid and e.start > last_end) for pid in pids]
+            return _ran_after(cluster.executions(), pids, last_end)
 
         def all_finished() -> bool:
             return not sql(
@@ -244,9 +248,7 @@ def test_q5_postgres_crash_restart(tmp_path: Path, own_pg: PgServer, seed: int) 
     excess = sorted(t for t, n in per_task.items() if n > 1 + hit.get(t, 0))
     violations = [v for v in figures["violations"] if "faults hit it" not in v]
     violations += [f"task {t}: {per_task[t]} executions, {hit.get(t, 0)} outages" for t in excess]
-    ran_after_last = [
-        sum(1 for e in executions if e.ppid == pid and e.start > last_end) for pid in pids
-    ]
+    ran_after_last = _ran_after(executions, pids, last_end)
     crashes = []
     for f in faults:
         assert f.end is not None
