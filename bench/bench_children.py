@@ -2,7 +2,7 @@
 commits a fan-out takes.
 
 Prints, per backend (SQLite file; PostgreSQL started from the system's
-binaries as tests/pgserver.py does, unless --no-postgresql) and node mode:
+binaries as tests/support/pgserver.py does, unless --no-postgresql) and node mode:
 - the time from a parent's ``child.submit()`` to the child's row being
   visible on another connection, while the parent goes on computing (one
   child per round, ``--rounds`` rounds);
@@ -35,9 +35,7 @@ import accord  # noqa: E402
 
 def _bind(url: str) -> accord.App:
     app = child_apps.app
-    if app._store is not None:
-        app._store.close()
-    app._store, app._url, app._closed = None, url, False
+    app.runtime.reopen(url)
     return app
 
 
@@ -117,7 +115,7 @@ def main() -> None:
             measure(url, "sqlite", mode, args.rounds, args.width)
     if args.no_postgresql:
         return
-    import pgserver
+    from support import pgserver
 
     server = pgserver.PgServer()
     server.init()

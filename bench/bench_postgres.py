@@ -6,7 +6,7 @@ fan-out plus fan-in) for each number of nodes, each node an ``accord worker``
 process with 2 slots, so that scaling with nodes shows.
 
 By default it starts a throwaway PostgreSQL server (fsync on) from the
-system's binaries, as tests/pgserver.py does; ``--store URL`` uses a server
+system's binaries, as tests/support/pgserver.py does; ``--store URL`` uses a server
 of yours instead (each configuration gets a fresh schema in it).
 
     python bench/bench_postgres.py [--quick] [--nodes 1,2,4] [--store URL] [--state]
@@ -69,10 +69,7 @@ def commit_time(url: str, count: int = 200) -> float:
 
 def bind(url: str) -> accord.App:
     app = apps.app
-    app.close()
-    app._store = None
-    app._url = url
-    app._closed = False
+    app.runtime.reopen(url)
     return app
 
 
@@ -136,7 +133,7 @@ def main() -> None:
     server = None
     base_url = args.store
     if base_url is None:
-        import pgserver
+        from support import pgserver
 
         server = pgserver.PgServer()
         server.init()

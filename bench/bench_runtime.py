@@ -132,7 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         app = apps.app
-        app._url = url
+        app.use_store(url)
         print(
             f"accord {accord.__version__} runtime benchmark: SQLite WAL synchronous=FULL, "
             f"1 node, 2 {args.mode} slots, {os.cpu_count()} CPUs"

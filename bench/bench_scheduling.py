@@ -39,8 +39,8 @@ from accord.scheduling.sim import (  # noqa: E402
     simulate,
     starvation_bound,
 )
-from accord.store.base import NewRun, NewTask  # noqa: E402
-from accord.store.sqlite import SqliteStore  # noqa: E402
+from accord.store.records import NewRun, NewTask  # noqa: E402
+from accord.store.sqlite.store import SqliteStore  # noqa: E402
 
 
 def simulation() -> None:
@@ -93,7 +93,7 @@ def urgent_latency(
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/sched.db"
         app = apps.app
-        app._url = url
+        app.runtime.reopen(url)
         env = dict(os.environ, ACCORD_STORE=url, PYTHONPATH=str(HERE))
         low = apps.work.with_options(priority=0)
         backlog = low.map([(0.005,)] * count_low)
@@ -140,9 +140,7 @@ def urgent_latency(
         finally:
             node.send_signal(signal.SIGTERM)
             node.wait(timeout=60)
-            app.close()
-            app._closed = False
-            app._store = None
+            app.runtime.reopen()
     return times
 
 

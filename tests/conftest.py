@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import accord
-import pgserver
-from support import bind, subprocess_env, table_counts
+from support import pgserver
+from support.common import bind, subprocess_env, table_counts
 
 BACKENDS = ["sqlite", "postgresql"]
 

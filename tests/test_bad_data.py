@@ -16,13 +16,13 @@ import psycopg
 import pytest
 
 import accord
-import pgserver
 from accord import TaskState, serde
 from accord.store import open_store
-from accord.store.base import Completion, Outcome
-from accord.store.sql import SqlStore
+from accord.store.records import Completion, Outcome
+from accord.store.sql.store import SqlStore
 from apps import bad_data as b
-from support import bind
+from support import pgserver
+from support.common import bind
 
 MODES = ["thread", "process"]
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 import accord
-from accord import TaskState, context, serde
-from accord.store.base import NewRun, NewTask
+from accord import TaskState, serde
+from accord.store.records import NewRun, NewTask
+from accord.tasks import context
 from apps import kids as k
-from support import bind
+from support.common import bind
 
 MODES = ["process", "thread"]
 PATIENCE = 60.0
@@ -197,7 +198,7 @@ def test_children_written_in_the_background_carry_the_attempts_fence(kids: accor
     )
     _, (old,) = store.exchange(old_node, [], queue="kids", claim=1, lease_ttl=0.2)
     ctx = accord.TaskContext(
-        app=kids,
+        runtime=kids.runtime,
         task_id=parent_id,
         run_id=run_id,
         name=old.name,

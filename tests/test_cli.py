@@ -15,7 +15,7 @@ import pytest
 
 import accord
 from accord.store import open_store
-from accord.store.sqlite import SCHEMA_VERSION
+from accord.store.sqlite.store import SCHEMA_VERSION
 from apps import flows as f
 
 

@@ -366,7 +366,7 @@ def test_result_over_the_size_limit_fails_without_retries(
 
 
 def test_arguments_a_node_cannot_decode_fail_without_retries(flows: accord.App) -> None:
-    from accord.store.base import NewRun, NewTask
+    from accord.store.records import NewRun, NewTask
 
     _, (task_id,) = flows.store.submit(
         [NewTask(name="square", queue="flows", args=b"\xc1", max_attempts=3)],

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from support import TESTS
+from support.common import TESTS
 
 ONE_STORE_TEST = "test_store.py::test_submit_is_one_transaction"
 

@@ -15,9 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import faultproxy
-import netns
-import pgserver
+from support import faultproxy, netns, pgserver
 
 # -- PostgreSQL ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import pytest
 import accord
 from accord import TaskState
 from apps import sched as s
-from support import bind, sql
+from support.common import bind, sql
 
 LEASE = 6.0
 BEAT = 1.0

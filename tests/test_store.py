@@ -12,9 +12,11 @@ import pytest
 import accord
 from accord import serde
 from accord.store import open_store, postgres, sqlite
-from accord.store.base import ClaimedTask, Completion, NewRun, NewTask, Outcome, Store, TaskState
-from accord.store.sql import MAX_LEASE_LOSSES, SqlStore
-from accord.store.sqlite import SqliteStore
+from accord.store.base import Store
+from accord.store.records import ClaimedTask, Completion, NewRun, NewTask, Outcome, TaskState
+from accord.store.sql.nodes import MAX_LEASE_LOSSES
+from accord.store.sql.store import SqlStore
+from accord.store.sqlite.store import SqliteStore
 from apps import flows as f
 
 Counts = Callable[[], dict[str, int]]

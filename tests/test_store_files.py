@@ -13,9 +13,9 @@ import pytest
 
 import accord
 from accord.store import open_store
-from accord.store.sqlite import SqliteStore
+from accord.store.sqlite.store import SqliteStore
 from apps import flows as f
-from support import bind
+from support.common import bind
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ machine) keeps every durable fact.
 from __future__ import annotations
 
 from accord.app import App
-from accord.context import TaskContext, current
 from accord.errors import (
     AccordError,
     ClosedError,
@@ -32,11 +31,10 @@ from accord.errors import (
     UnstorableError,
     WorkerShutdown,
 )
-from accord.handles import Handle, Run
 from accord.messaging import Mailbox, Message, Subscription, Topic, TopicMessage
 from accord.state import Change, Election, Entry, Lease, Lock, State, Txn, TxnResult, Watch
-from accord.store.base import TaskState
-from accord.tasks import Task
+from accord.store.records import TaskState
+from accord.tasks import Handle, Run, Task, TaskContext, current
 from accord.worker.node import Node
 
 __version__ = "0.1.0"
@@ -87,3 +85,11 @@ __all__ = [
     "__version__",
     "current",
 ]
+
+# Public objects show the module users import them from (``accord.App``, not
+# ``accord.app.App``) in reprs, tracebacks, docs and pickles.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) and _value.__module__.startswith("accord."):
+        _value.__module__ = __name__
+del _name, _value

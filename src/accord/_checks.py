@@ -28,6 +28,8 @@ NAME_RULE = (
 # Past this, a payload limit would overrun what either store holds in one
 # value (PostgreSQL: 1 GB a field; SQLite: 10^9 bytes by default).
 MAX_PAYLOAD_LIMIT = 512 * 1024 * 1024
+MAX_KEY_BYTES = 1024
+"""Longest state key or messaging name, namespace included, in UTF-8 bytes."""
 
 
 def check_text(text: str, what: str, limit: int) -> None:
@@ -204,3 +206,60 @@ def seconds_or_none(value: object) -> float | None:
     if not math.isfinite(value) or value < 0:
         return None
     return float(value)
+
+
+# -- keys, counts and durations (the state store and messaging) ------------
+def check_key(name: object, what: str, *, limit: int = MAX_KEY_BYTES) -> str:
+    """Validate a key, prefix or name: a non-empty string of valid text, no NUL,
+    at most ``limit`` UTF-8 bytes. The same names are refused on every backend
+    (:class:`~accord.ConfigError` with ``argument`` = ``what``)."""
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"{what} must be a string, not {type(name).__name__} ({name!r})", argument=what
+        )
+    if not name:
+        raise ConfigError(f"{what} is empty; give a non-empty string", argument=what)
+    check_text(name, what, limit)
+    return name
+
+
+def check_int(value: object, what: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} must be an integer, not {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{what} must be at least {minimum}, not {value}")
+    if value >= 1 << 62:
+        raise ConfigError(f"{what} {value} is too large")
+    return value
+
+
+def check_seconds(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{what} must be a number of seconds, not {value!r}")
+    seconds = float(value)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{what} must be a positive, finite number of seconds, not {value!r}")
+    return seconds
+
+
+def check_delay(value: object, what: str) -> float:
+    """A finite number of seconds >= 0 (never NaN: the backends store it differently)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value < float("inf")
+    ):
+        raise ConfigError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def check_timeout(value: object, what: str = "timeout") -> float | None:
+    """How long to wait: ``None`` or ``inf`` (no limit), else seconds >= 0; never NaN."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{what} must be a number of seconds >= 0 or None, not {value!r}")
+    seconds = float(value)
+    if not seconds >= 0:
+        raise ConfigError(f"{what} must be a number of seconds >= 0 or None, not {value!r}")
+    return None if seconds == float("inf") else seconds

@@ -4,28 +4,22 @@ from __future__ import annotations
 
 import datetime
 import inspect
-import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from accord._checks import check_name, check_payload_limit
-from accord.errors import ClosedError, ConfigError, NotFoundError
-from accord.handles import Handle, Run
-from accord.scheduling.policy import POLICIES, Policy, policy_named
-from accord.store import Store, open_store, resolve_url
-from accord.store.base import NewRun
-from accord.tasks import Task, TaskOptions
-
-if TYPE_CHECKING:
-    from accord.messaging import Mailbox, Topic
-    from accord.state import State
-    from accord.worker.node import Node
+from accord.errors import ConfigError, NotFoundError
+from accord.messaging import Mailbox, Topic
+from accord.scheduling.policy import Policy
+from accord.state import State
+from accord.store import Store
+from accord.tasks import Handle, Run, Task, TaskOptions
+from accord.tasks.options import OPTION_NAMES
+from accord.tasks.registry import DEFAULT_MAX_PAYLOAD, Runtime, find, register_face
+from accord.worker.embedded import Embedded
+from accord.worker.node import Node
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 
 class App:
@@ -61,27 +55,42 @@ class App:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         policy: Policy | str = "cost",
     ) -> None:
-        # One rule for every name (accord._checks.check_name): an app name is
-        # also its tasks' queue and its state's namespace.
-        self.name = check_name(name, "app name")
-        self._store: Store | None = store if isinstance(store, Store) else None
-        self._url = None if isinstance(store, Store) else store
-        if self._url is not None and not isinstance(self._url, str):
-            raise ConfigError(f"store must be a URL string or a Store, not {store!r}")
-        self.max_payload = check_payload_limit(max_payload)
-        if isinstance(policy, str):
-            policy = policy_named(policy)
-        elif not isinstance(policy, Policy):
-            raise ConfigError(
-                f"policy must be a name ({', '.join(POLICIES)}) or an object with a key() "
-                f"method, not {policy!r}"
-            )
-        self.policy: Policy = policy
-        self.tasks: dict[str, Task[Any, Any]] = {}
-        self._closed = False
         frame = inspect.currentframe()
         caller = frame.f_back if frame is not None else None
-        self.module: str = caller.f_globals.get("__name__", "") if caller else ""
+        module: str = caller.f_globals.get("__name__", "") if caller else ""
+        self.runtime = Runtime(name, store, max_payload=max_payload, policy=policy, module=module)
+        register_face(self, self.runtime)
+
+    @property
+    def name(self) -> str:
+        return self.runtime.name
+
+    @property
+    def max_payload(self) -> int:
+        """The largest task arguments or result, in bytes."""
+        return self.runtime.max_payload
+
+    @max_payload.setter
+    def max_payload(self, value: int) -> None:
+        self.runtime.max_payload = value
+
+    @property
+    def policy(self) -> Policy:
+        """The scheduling policy of the app's nodes."""
+        return self.runtime.policy
+
+    @policy.setter
+    def policy(self, value: Policy | str) -> None:
+        self.runtime.policy = value
+
+    @property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        """The registered tasks and workflows, by name."""
+        return cast("dict[str, Task[Any, Any]]", self.runtime.tasks)
+
+    @property
+    def module(self) -> str:
+        return self.runtime.module
 
     def __repr__(self) -> str:
         return f"<App {self.name}>"
@@ -90,43 +99,32 @@ class App:
     @property
     def store(self) -> Store:
         """The app's store, opened on first use."""
-        self._check_open()
-        if self._store is None:
-            self._store = open_store(self._url)
-        return self._store
+        return self.runtime.store
 
     @property
     def store_url(self) -> str:
-        return self._store.url if self._store is not None else resolve_url(self._url)
+        return self.runtime.store_url
+
+    def use_store(self, url: str) -> None:
+        """Use the store at ``url`` (before the app's first use; see :meth:`Runtime.use_store`)."""
+        self.runtime.use_store(url)
 
     @property
     def state(self) -> State:
         """The app's namespace of the state store (keys under ``<app name>/``)."""
-        from accord.state import State
-
         return State(self.store, f"{self.name}/")
 
     def mailbox(self, name: str) -> Mailbox:
         """The mailbox ``name`` (store-wide): point-to-point messages."""
-        from accord.messaging import Mailbox
-
         return Mailbox(self.store, name)
 
     def topic(self, name: str) -> Topic:
         """The topic ``name`` (store-wide): broadcast messages."""
-        from accord.messaging import Topic
-
         return Topic(self.store, name)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"app {self.name!r} is closed; create a new App to use it again")
 
     def close(self) -> None:
         """Close the store; the app cannot be used afterwards."""
-        if self._store is not None:
-            self._store.close()
-        self._closed = True
+        self.runtime.close()
 
     def __enter__(self) -> App:
         return self
@@ -201,8 +199,6 @@ class App:
     def _register(
         self, fn: Callable[..., Any] | None, options: dict[str, Any], *, workflow: bool
     ) -> Any:
-        from accord.tasks import OPTION_NAMES
-
         unknown = set(options) - OPTION_NAMES
         if unknown:
             raise ConfigError(
@@ -225,7 +221,10 @@ class App:
             if name in self.tasks:
                 raise ConfigError(f"app {self.name!r} already has a task named {name!r}")
             task: Task[Any, Any] = Task(
-                self, func, TaskOptions(name=name, queue=self.name, **options), workflow=workflow
+                self.runtime,
+                func,
+                TaskOptions(name=name, queue=self.name, **options),
+                workflow=workflow,
             )
             self.tasks[name] = task
             return task
@@ -242,13 +241,9 @@ class App:
                 f"app.start() takes a function decorated with @app.workflow or @app.task, "
                 f"not {workflow!r}"
             )
-        if workflow.app is not self:
+        if workflow.runtime is not self.runtime:
             raise ConfigError(f"{workflow!r} belongs to another app, not to {self!r}")
-        self._check_open()
-        new, refs = workflow._new_task(args, kwargs)
-        new.deps = [h.id for h in refs]
-        run_id, _ = self.store.submit([new], run=NewRun(app=self.name, name=workflow.name))
-        return Run(self, run_id)
+        return workflow.start(*args, **kwargs)
 
     def run(
         self,
@@ -266,110 +261,36 @@ class App:
 
     def get_run(self, run_id: int) -> Run:
         self.store.run(run_id)
-        return Run(self, run_id)
+        return Run(self.runtime, run_id)
 
     def handle(self, task_id: int) -> Handle[Any]:
         info = self.store.task(task_id)
-        return Handle(self, task_id, info.name)
+        return Handle(self.runtime, task_id, info.name)
 
     # -- nodes --------------------------------------------------------------
     def node(self, **options: Any) -> Node:
         """A node that runs this app's tasks (see :class:`accord.worker.Node`)."""
-        from accord.worker.node import Node
-
-        return Node(self, **options)
+        return Node(self.runtime, **options)
 
     def live_nodes(self, within: float = 30.0) -> int:
-        now = self.store.now()
-        return sum(
-            1
-            for n in self.store.nodes()
-            if n.queue == self.name and n.state == "running" and now - n.heartbeat_at < within
-        )
+        """How many nodes of this app heartbeat within ``within`` seconds."""
+        return Embedded.live_nodes(self.runtime, within)
 
-    def embedded_node(self, **options: Any) -> _Embedded:
+    def embedded_node(self, **options: Any) -> Embedded:
         """A context that runs a node in this process unless one is alive."""
-        return _Embedded(self, options)
+        return Embedded(self.runtime, options)
 
     def locator(self) -> str:
-        """How another process finds this app: ``module:`` (searched by name)."""
-        module = self.module
-        if module == "__main__":
-            main = sys.modules.get("__main__")
-            spec = getattr(main, "__spec__", None)
-            if spec is not None and spec.name:
-                module = spec.name
-        return f"{module}:{self.name}"
-
-
-class _Embedded:
-    def __init__(self, app: App, options: dict[str, Any]) -> None:
-        self.app = app
-        self.options = options
-        self.node: Node | None = None
-
-    def __enter__(self) -> Node | None:
-        if self.app.live_nodes() == 0:
-            self.node = self.app.node(**self.options)
-            self.node.start()
-        return self.node
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.node is not None:
-            self.node.stop()
-            self.node.join()
-
-    def check(self) -> None:
-        """Raise the error that stopped the in-process node, if one did
-        (its slots cannot load the app, say): waiting on would never end."""
-        if self.node is not None and self.node._error is not None:
-            raise self.node._error
-
-    def wait(self, run: Run, timeout: float | None = None) -> Any:
-        """``run.wait(timeout)``, but raise the node's error if it stops on one."""
-        if self.node is None:
-            return run.wait(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                return run.wait(0.5 if left is None else min(0.5, left))
-            except TimeoutError:
-                self.check()
-                if left is not None and left <= 0.5:
-                    raise
+        """How another process finds this app: ``module:name`` (searched by name)."""
+        return self.runtime.locator()
 
 
 def locate(spec: str) -> App:
     """Find an app from ``module:attribute`` or ``module:app_name``."""
-    import importlib
-
-    module_name, _, attr = spec.partition(":")
-    if not module_name:
-        raise ConfigError(f"app {spec!r} must look like module:app")
-    if module_name == "__main__" and "__mp_main__" in sys.modules:
-        module = sys.modules["__mp_main__"]
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"cannot import module {module_name!r} for app {spec!r}: {exc}; run from the "
-                "directory that holds it or add it to PYTHONPATH",
-                module=module_name,
-            ) from exc
-    found = getattr(module, attr, None) if attr else None
+    found, runtime = find(spec)
     if isinstance(found, App):
         return found
-    apps = [v for v in vars(module).values() if isinstance(v, App)]
-    for candidate in apps:
-        if not attr or candidate.name == attr:
-            return candidate
-    raise NotFoundError(
-        f"module {module_name!r} has no accord.App named {attr!r}"
-        + (f" (it has {', '.join(a.name for a in apps)})" if apps else ""),
-        module=module_name,
-    )
+    raise NotFoundError(f"{spec!r} names the runtime of app {runtime.name!r}, not an accord.App")
 
 
 def locate_task(spec: str) -> Task[Any, Any]:

@@ -3,7 +3,7 @@
 Its store comes from the test: ``conftest.bind`` in the test process,
 ``ACCORD_STORE`` in worker processes. Each task attempt appends a ``start``
 line to the execution log before it does anything and an ``end`` line when it
-returns (see ``harness.record``), so an attempt killed half-way still counts
+returns (see ``support.recorder.record``), so an attempt killed half-way still counts
 as an execution.
 """
 
@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import accord
-from harness import finished, record
+from support.recorder import finished, record
 
 app = accord.App("chaos")
 

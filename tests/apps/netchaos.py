@@ -2,8 +2,8 @@
 
 Worker processes get the store from ``ACCORD_STORE`` (each host its own URL); the
 test binds the app to the database's Unix socket. Every attempt is recorded by
-``harness.record`` (``start`` before anything, ``end`` when it returns), so the
-queue checker (``harness.account``) applies unchanged.
+``support.recorder.record`` (``start`` before anything, ``end`` when it returns), so the
+queue checker (``support.checker.account``) applies unchanged.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import accord
-from harness import finished, record
+from support.recorder import finished, record
 
 app = accord.App("netchaos")
 

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 import accord
-from harness import chaos_app
+from support.cluster import chaos_app
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 import accord
-from accord.handles import Run
+from accord.tasks.handles import Run
 from apps import chaos
-from harness import RECORD_ENV, Execution, Fault, Row, account, hits, report, snapshot
+from support.checker import Row, account, hits, report, snapshot
+from support.recorder import RECORD_ENV, Execution, Fault
 
 pytestmark = pytest.mark.chaos
 
@@ -98,7 +99,7 @@ def test_checker_reports_a_doctored_store(
     run = Run(app, app.store.task(handles[0].id).run_id)
     with app.embedded_node(mode="thread", slots=2):
         run.wait(timeout=30)
-    from harness import read_executions
+    from support.recorder import read_executions
 
     execs = read_executions(record_dir)
     ids = [h.id for h in handles]

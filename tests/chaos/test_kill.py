@@ -18,10 +18,12 @@ import pytest
 
 import accord
 from accord import serde
-from accord.handles import Run
-from accord.store.base import Completion, Outcome
+from accord.store.records import Completion, Outcome
+from accord.tasks.handles import Run
 from apps import chaos
-from harness import Cluster, Nemesis, Row, account, report, snapshot
+from support.checker import Row, account, report, snapshot
+from support.cluster import Cluster
+from support.nemesis import Nemesis
 
 pytestmark = pytest.mark.chaos
 

@@ -29,7 +29,8 @@ import pytest
 
 import accord
 from apps import chaos
-from harness import Cluster, account, report, snapshot
+from support.checker import account, report, snapshot
+from support.cluster import Cluster
 
 pytestmark = pytest.mark.chaos
 

@@ -16,7 +16,9 @@ import pytest
 
 import accord
 from apps import chaos
-from harness import Cluster, account, report, snapshot, wait_for
+from support.checker import account, report, snapshot
+from support.cluster import Cluster
+from support.common import wait_for
 
 pytestmark = pytest.mark.chaos
 

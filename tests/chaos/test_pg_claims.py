@@ -25,9 +25,10 @@ import pytest
 from accord import serde
 from accord.scheduling.policy import FifoPolicy
 from accord.store import open_store
-from accord.store.base import Completion, NewRun, NewTask, Outcome, Store
-from harness import report
-from support import sql
+from accord.store.base import Store
+from accord.store.records import Completion, NewRun, NewTask, Outcome
+from support.checker import report
+from support.common import sql
 
 pytestmark = pytest.mark.chaos
 

@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 
 from apps import chaos
-from harness import Cluster, Execution, account, chaos_app, report, snapshot, wait_for
-from support import sql
+from support.checker import account, report, snapshot
+from support.cluster import Cluster, chaos_app
+from support.common import sql, wait_for
+from support.recorder import Execution
 
 pytestmark = pytest.mark.chaos
 

@@ -38,20 +38,13 @@ import pytest
 
 from accord.errors import StoreError
 from apps import chaos
-from faultproxy import FaultProxy
-from harness import (
-    Cluster,
-    DbNemesis,
-    Execution,
-    Fault,
-    account,
-    chaos_app,
-    report,
-    snapshot,
-    wait_for,
-)
-from pgserver import PgServer, find_bin_dir
-from support import sql, subprocess_env
+from support.checker import account, report, snapshot
+from support.cluster import Cluster, chaos_app
+from support.common import sql, subprocess_env, wait_for
+from support.faultproxy import FaultProxy
+from support.nemesis import DbNemesis
+from support.pgserver import PgServer, find_bin_dir
+from support.recorder import Execution, Fault
 
 pytestmark = pytest.mark.chaos
 
@@ -317,7 +310,7 @@ def test_q5_store_is_usable_soon_after_a_restart(own_pg: PgServer, fault: str) -
     retry loop works again within 3 s of the server accepting connections
     (restart to first connect takes about 1 s here), not after its pool's
     ``connect_timeout`` (10 s by default)."""
-    from accord.store.postgres import PgStore
+    from accord.store.postgres.store import PgStore
 
     store = PgStore(own_pg.fresh_url("q5r"))
     try:

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 import accord
-from accord.store.sql import MAX_LEASE_LOSSES
+from accord.store.sql.nodes import MAX_LEASE_LOSSES
 from apps import chaos
-from harness import Cluster, report
+from support.checker import report
+from support.cluster import Cluster
 
 pytestmark = pytest.mark.chaos
 

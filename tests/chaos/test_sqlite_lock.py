@@ -19,10 +19,13 @@ from typing import Any
 import pytest
 
 import accord
-from accord.handles import Handle
 from accord.store import SqliteStore
+from accord.tasks.handles import Handle
 from apps import chaos
-from harness import Cluster, Fault, account, report, snapshot, wait_for
+from support.checker import account, report, snapshot
+from support.cluster import Cluster
+from support.common import wait_for
+from support.recorder import Fault
 
 pytestmark = pytest.mark.chaos
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 import accord
-import netns
-import pgserver
 from apps import netchaos
-from netharness import Topology
-from support import bind
+from support import netns, pgserver
+from support.common import bind
+from support.netharness import Topology
 
 
 def _skip_reason() -> str | None:

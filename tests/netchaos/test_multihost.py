@@ -28,12 +28,13 @@ import pytest
 
 import accord
 from accord import serde
-from accord.handles import Run
-from accord.store.base import Completion, Outcome
+from accord.store.records import Completion, Outcome
+from accord.tasks.handles import Run
 from apps import netchaos
-from harness import Fault, report, snapshot
-from netharness import FaultLog, NetCluster, Topology, finish_times, recovery_times
-from support import sql
+from support.checker import report, snapshot
+from support.common import sql
+from support.netharness import FaultLog, NetCluster, Topology, finish_times, recovery_times
+from support.recorder import Fault
 
 pytestmark = [pytest.mark.root, pytest.mark.chaos]
 

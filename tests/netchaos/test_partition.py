@@ -21,11 +21,12 @@ import psycopg
 import pytest
 
 import accord
-from accord.handles import Run
-from accord.store.postgres import PgStore
+from accord.store.postgres.store import PgStore
+from accord.tasks.handles import Run
 from apps import netchaos
-from harness import account, report, snapshot, wait_for
-from netharness import (
+from support.checker import account, report, snapshot
+from support.common import sql, wait_for
+from support.netharness import (
     FaultLog,
     NetCluster,
     Topology,
@@ -33,7 +34,6 @@ from netharness import (
     read_ticks,
     window_excess,
 )
-from support import sql
 
 pytestmark = [pytest.mark.root, pytest.mark.chaos]
 

@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 
 import accord
-from harness import report
-from netharness import Topology
+from support.checker import report
+from support.netharness import Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.chaos]
 

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 import accord
-from accord.scheduling import CostPolicy
-from support import TESTS, subprocess_env, table_counts
+from support.common import TESTS, subprocess_env, table_counts
 
 NAN = math.nan
 INF = math.inf
@@ -208,12 +207,6 @@ def test_a_good_node_spec(app: accord.App) -> None:
     assert node.spec.capacity == {"cpu": 3.0, "gpu": 2.0, "memory": 512.0}
     assert node.spec.speed == 2.5
     assert app.node(mode="thread", slots=2).spec.capacity["gpu"] == 0.0
-
-
-@pytest.mark.parametrize("aging", [-0.1, NAN, INF, "fast", None], ids=repr)
-def test_bad_aging_rate(aging: Any) -> None:
-    with pytest.raises(accord.ConfigError, match="aging must be"):
-        CostPolicy(aging=aging)
 
 
 # -- the worker command -------------------------------------------------------------

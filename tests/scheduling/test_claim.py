@@ -16,9 +16,10 @@ import pytest
 import accord
 from accord import TaskState, serde
 from accord.scheduling import CostPolicy, FifoPolicy, NodeSpec, Policy, PriorityPolicy
-from accord.store.base import ClaimedTask, Completion, Outcome, Store
+from accord.store.base import Store
+from accord.store.records import ClaimedTask, Completion, Outcome
 from apps import sched as s
-from support import bind
+from support.common import bind
 
 QUEUE = "sched"
 

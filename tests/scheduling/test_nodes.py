@@ -23,9 +23,9 @@ import pytest
 import accord
 from accord import TaskState
 from accord.scheduling import FifoPolicy
-from accord.store.base import TaskInfo
+from accord.store.records import TaskInfo
 from apps import sched as s
-from support import TESTS, bind, subprocess_env
+from support.common import TESTS, bind, subprocess_env
 
 QUEUE = "sched"
 
@@ -298,7 +298,7 @@ def test_q12_priorities_and_delays_hold_while_a_node_is_killed(
       running while it waits (sampled throughout);
     - every task completes.
     """
-    from harness import Cluster
+    from support.cluster import Cluster
 
     store = app.store
     slack = 0.25

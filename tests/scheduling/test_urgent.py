@@ -19,7 +19,7 @@ import pytest
 
 import accord
 from apps import sched as s
-from support import TESTS, bind, subprocess_env
+from support.common import TESTS, bind, subprocess_env
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ Each appends what it did to a JSON-lines log, one ``write`` per line
 (``O_APPEND``), so a process killed with SIGKILL leaves whole lines only.
 
 The kill injector (:func:`arm`) is a profile hook: it counts the calls made
-inside the group-commit code (``sqlite_group``, ``sqlite_state``), C calls
-included, and SIGKILLs the process at the N-th one, N drawn from a seeded
-generator. So a process dies at any point of that code (between two writes
-of one slot, inside ``take()``, between a commit and its write-back...),
+inside the group-commit code (``accord.store.sqlite``: ``group``, ``slots``,
+``state``, ``wire``), C calls included, and SIGKILLs the process at the N-th
+one, N drawn from a seeded generator. So a process dies at any point of that
+code (between two writes of one slot, inside ``take()``, between a commit and its write-back...),
 with no hook in the product code.
 """
 
@@ -25,9 +25,9 @@ from types import FrameType
 from typing import Any
 
 import accord
-from accord.store.sqlite_group import new_group_id
+from accord.store.sqlite.slots import new_group_id
 
-GROUP_FILES = ("sqlite_group.py", "sqlite_state.py")
+GROUP_FILES = ("sqlite/group.py", "sqlite/slots.py", "sqlite/state.py", "sqlite/wire.py")
 
 
 def log(path: str, **entry: Any) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import accord
 from accord.messaging import MAX_PAYLOAD_BYTES
-from support import sql
+from support.common import sql
 
 
 def test_send_receive_ack_in_order(app: accord.App) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from state_helpers import finish, spawn
 
 import accord
-from support import sql
+from support.common import sql
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:

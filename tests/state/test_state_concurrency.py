@@ -2,7 +2,7 @@
 
 On SQLite every write holds the database's one lock; on PostgreSQL they run
 side by side at READ COMMITTED, so these are the tests of its row locks
-(see :mod:`accord.store.sql_state`): receivers that skip each other's
+(see :mod:`accord.store.sql.state`): receivers that skip each other's
 messages, revisions and topic offsets committed in order, snapshots that
 compaction respects. Both backends must pass them unchanged.
 """

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 import accord
-from accord import context, serde
-from accord.store.base import ClaimedTask, NewRun, NewTask
-from support import sql
+from accord import serde
+from accord.store.records import ClaimedTask, NewRun, NewTask
+from accord.tasks import context
+from support.common import sql
 
 
 def _claim(app: accord.App, node_name: str, lease_ttl: float) -> ClaimedTask | None:
@@ -28,7 +29,7 @@ def _claim(app: accord.App, node_name: str, lease_ttl: float) -> ClaimedTask | N
 
 def _context(app: accord.App, task: ClaimedTask) -> context.TaskContext:
     return context.TaskContext(
-        app=app,
+        runtime=app.runtime,
         task_id=task.id,
         run_id=task.run_id,
         name=task.name,
@@ -221,9 +222,7 @@ def test_tasks_write_their_run_state(store_url: str) -> None:
     from state_app import app as task_app
     from state_app import remember_all
 
-    task_app._store = None
-    task_app._url = store_url
-    task_app._closed = False
+    task_app.runtime.reopen(store_url)
     try:
         run = task_app.start(remember_all, 4)
         with task_app.embedded_node(mode="thread", slots=3):

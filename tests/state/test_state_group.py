@@ -29,18 +29,18 @@ from state_helpers import finish, spawn
 
 import accord
 from accord import serde
-from accord.store.sqlite import SqliteStore
-from accord.store.sqlite_group import DONE, FREE, PENDING, TAKEN, InDatabase
-from accord.store.sqlite_state import (
+from accord.store.records import KvPut
+from accord.store.sql.state_core import _TxnRequest
+from accord.store.sqlite.slots import DONE, FREE, PENDING, TAKEN, InDatabase
+from accord.store.sqlite.store import SqliteStore
+from accord.store.sqlite.wire import (
     _decode_outcome,
     _decode_request,
     _encode_list,
     _encode_outcome,
     _encode_request,
-    _TxnRequest,
 )
-from accord.store.state_base import KvPut
-from support import sql
+from support.common import sql
 
 HERE = Path(__file__).parent
 WORKERS = HERE / "group_workers.py"
@@ -260,7 +260,7 @@ def test_a_large_outcome_is_read_from_the_database(app: accord.App) -> None:
     app.state.put("m/big", BIG_VALUE)
     group = store._commit_group()
     big = serde.dumps(BIG_VALUE)
-    from accord.store.state_base import KvCompare
+    from accord.store.records import KvCompare
 
     request = _TxnRequest(
         [KvCompare("st/m/big", "value", "==", serde.dumps("other"))], [], [], None, None
@@ -500,7 +500,7 @@ def test_model_of_writers_killed_at_random_points_long(
 def test_groups_of_collected_stores_are_released(tmp_path: Path) -> None:
     import gc
 
-    from accord.store import sqlite_group
+    from accord.store.sqlite import group as sqlite_group
 
     url = f"sqlite:///{tmp_path / 'released.db'}"
     with accord.App("st", store=url) as app:

@@ -24,8 +24,8 @@ from hypothesis.stateful import (
 )
 
 import accord
-import pgserver
 from accord.state import State
+from support import pgserver
 
 KEYS = st.sampled_from(["a", "b", "a/x", "a/y", "b/z", "c"])
 PREFIXES = st.sampled_from(["", "a", "a/", "b/", "c", "zz"])

@@ -180,7 +180,7 @@ def bounded_candidates(
     ``per_level`` cheapest at speed 1 (least ``weight + size``), and the
     ``per_level`` earliest deadlines of the whole queue.
 
-    The store reads exactly these rows off its indexes (accord.store.sql);
+    The store reads exactly these rows off its indexes (accord.store.sql.claim);
     the simulator applies the same function, so both rank the same set.
     """
     levels: dict[tuple[str, int], list[tuple[Candidate, str]]] = {}

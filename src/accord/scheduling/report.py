@@ -5,15 +5,37 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from accord.scheduling.policy import needs_of
-from accord.store.base import NodeInfo
 
 # A node whose last heartbeat is older than this counts as gone.
 LIVE_WITHIN = 30.0
 
 
-def live_nodes(nodes: Sequence[NodeInfo], queue: str, now: float | None = None) -> list[NodeInfo]:
+class NodeView(Protocol):
+    """What these reports read of a node (the store's ``NodeInfo`` has it)."""
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def heartbeat_at(self) -> float: ...
+
+    @property
+    def capabilities(self) -> Sequence[str]: ...
+
+    @property
+    def resources(self) -> Mapping[str, float]: ...
+
+
+N = TypeVar("N", bound=NodeView)
+
+
+def live_nodes(nodes: Sequence[N], queue: str, now: float | None = None) -> list[N]:
     now = time.time() if now is None else now
     return [
         n
@@ -26,7 +48,7 @@ def unschedulable_reason(
     queue: str,
     requires: Sequence[str],
     resources: Mapping[str, float] | None,
-    nodes: Sequence[NodeInfo],
+    nodes: Sequence[NodeView],
     now: float | None = None,
 ) -> str | None:
     """Why no live node can run such a task, or ``None`` if one can."""
@@ -51,7 +73,7 @@ def unschedulable_reason(
 
 def unschedulable(
     classes: Sequence[tuple[str, str, str | None, int]],
-    nodes: Sequence[NodeInfo],
+    nodes: Sequence[NodeView],
     now: float | None = None,
 ) -> list[tuple[str, str, str | None, int, str]]:
     """``(queue, requires, resources, count, reason)`` for each class of ready

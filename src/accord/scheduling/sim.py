@@ -83,7 +83,7 @@ class Report:
 
 
 # The claim path's bound for one node claiming one task on SQLite
-# (``limit * claimers + 16``, accord.store.sql).
+# (``limit * claimers + 16``, accord.store.sql.claim).
 CLAIM_PER_LEVEL = 17
 
 

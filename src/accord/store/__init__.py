@@ -17,7 +17,8 @@ import os
 
 from accord.errors import StoreURLError
 from accord.store.base import Store
-from accord.store.sqlite import DEFAULT_FILE_MODE, SqliteStore, make_store_dir, parse_url
+from accord.store.sqlite.store import SqliteStore
+from accord.store.sqlite.url import DEFAULT_FILE_MODE, make_store_dir, parse_url
 
 DEFAULT_URL = "sqlite:///.accord/accord.db"
 

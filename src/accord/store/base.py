@@ -1,215 +1,100 @@
-"""The storage interface and the records that cross it.
+"""The storage interface: what the code above a store asks of it.
 
-Everything durable in accord is a row written through a :class:`Store`. The
-store is the one coordinator: nodes never talk to each other, they claim,
-heartbeat and complete through it. Above this interface the code deals in
-these records; below it the backends differ only where their databases do.
+Everything durable in accord is a row written through a store. The store is
+the one coordinator: nodes never talk to each other, they claim, heartbeat
+and complete through it. Above this interface the code deals in the records
+of :mod:`accord.store.records`; below it the backends differ only where their
+databases do.
+
+The contract comes in the parts that callers use:
+
+- :class:`TaskStore`: submitting tasks, cancelling them, reading tasks, runs,
+  nodes and events back (clients, the CLI).
+- :class:`ClaimStore`: the node's side: claiming, completing, heartbeats,
+  handing tasks back, registering nodes (:mod:`accord.worker`).
+- :class:`KvStore`: the state store's keys, transactions, history, watches
+  and leases (:mod:`accord.state`).
+- :class:`MessagingStore`: mailboxes and topics (:mod:`accord.messaging`).
+
+:class:`Store` is the task store (tasks and claims), :class:`StateStore` the
+state store and messaging; both SQL backends implement both.
+
+Semantics every state backend keeps (etcd's data model):
+
+- One global revision counter. A write transaction that changes at least one
+  key takes the next revision; its changes are numbered ``seq`` 0, 1, ... in
+  the order they were applied. A transaction that changes nothing (a failed
+  compare with no else-branch, a delete of an absent key) takes none.
+- A key's ``version`` counts its writes (puts and deletes) and never goes
+  back, also across a delete and a re-create: a deleted key keeps a tombstone
+  with its version. For comparisons an absent key has version, revisions and
+  lease 0 and no value.
+- ``compacted`` = C means history before revision C may be gone: reads at a
+  revision R >= C and watches from S >= C are exact, older ones raise
+  :class:`~accord.errors.CompactedError`. Named snapshots hold C back.
+- ``fence`` = (task id, fence) makes a write conditional, in the same
+  transaction, on that task being ``running`` with that fence; otherwise
+  :class:`~accord.errors.FencedError` and nothing is written.
 """
 
 from __future__ import annotations
 
 import abc
-import enum
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from accord.store.records import (
+    ChangesPage,
+    ClaimedTask,
+    Completion,
+    Event,
+    Fence,
+    KvChange,
+    KvCompare,
+    KvOp,
+    KvRow,
+    KvStatus,
+    LeaseRow,
+    MailboxRow,
+    MailboxStats,
+    NewRun,
+    NewTask,
+    NodeInfo,
+    OutMessage,
+    RunInfo,
+    SnapshotRow,
+    SubscriberRow,
+    TaskInfo,
+    TaskResult,
+    TopicPage,
+    TxnOutcome,
+)
 
 if TYPE_CHECKING:
     from accord.scheduling.policy import NodeSpec, Policy
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-OPEN = ("pending", "ready", "running")
 
-
-class TaskState(enum.StrEnum):
-    PENDING = "pending"
-    READY = "ready"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self.value in TERMINAL
-
-
-@dataclass(slots=True)
-class NewTask:
-    """A task to insert. ``deps`` holds task ids, or ``-(i + 1)`` for the
-    i-th task of the same batch (a task submitted but not yet written)."""
-
-    name: str
-    queue: str
-    args: bytes
-    deps: list[int] = field(default_factory=list)
-    priority: int = 0
-    weight: float = 0.0
-    size: float = 1.0
-    max_attempts: int = 1
-    backoff: float = 1.0
-    max_backoff: float = 60.0
-    timeout: float | None = None
-    requires: list[str] | None = None
-    resources: dict[str, float] | None = None
-    ready_at: float = 0.0  # eligible from (0: at once)
-    deadline_at: float | None = None
-    # Relative times, counted by the store's clock from the commit (on
-    # PostgreSQL the server's clock, so a node's wrong clock does not shift them).
-    delay: float = 0.0
-    deadline_in: float | None = None
-    limit_key: str | None = None
-    concurrency: int | None = None
-    rate: float | None = None
-    seq: int | None = None
-    idempotency_key: str | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class NewRun:
-    """A run to create. A rooted run's first task is its root: the run ends
-    with the root's state and value, and a failed root cancels the rest."""
-
-    app: str
-    name: str
-    rooted: bool = True
-
-
-@dataclass(slots=True)
-class ClaimedTask:
-    """A task a node now holds, with everything needed to run it."""
-
-    id: int
-    run_id: int
-    name: str
-    args: bytes
-    dep_results: list[bytes | None]
-    fence: int
-    attempt: int
-    max_attempts: int
-    timeout: float | None
-    size: float
-    priority: int = 0
-    needs: dict[str, float] = field(default_factory=dict)
-
-
-class Outcome(enum.StrEnum):
-    OK = "ok"
-    ERROR = "error"
-    FORWARD = "forward"
-
-
-@dataclass(slots=True)
-class Completion:
-    """What an attempt produced. ``retryable`` errors go back to ready while
-    attempts remain; ``forward_to`` makes the task take another task's result."""
-
-    task_id: int
-    fence: int
-    outcome: Outcome
-    result: bytes | None = None
-    error: str | None = None
-    error_type: str | None = None
-    traceback: str | None = None
-    retryable: bool = True
-    retry_delay: float | None = None
-    forward_to: int | None = None
-    duration: float = 0.0  # seconds the attempt ran, as its slot measured
-
-
-@dataclass(slots=True, frozen=True)
-class TaskInfo:
-    id: int
-    run_id: int
-    parent_id: int | None
-    name: str
-    queue: str
-    state: TaskState
-    priority: int
-    attempts: int
-    max_attempts: int
-    fence: int
-    node_id: int | None
-    node_name: str | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    ready_at: float
-    deadline_at: float | None
-    requires: list[str]
-    resources: dict[str, float] | None
-    error: str | None
-    error_type: str | None
-    traceback: str | None
-    forward_to: int | None
-    losses: int = 0  # leases lost because its node died or hung
-
-
-@dataclass(slots=True, frozen=True)
-class TaskResult:
-    """The state of a task as a waiter needs it."""
-
-    id: int
-    state: TaskState
-    result: bytes | None
-    error: str | None
-    error_type: str | None
-    traceback: str | None
-
-
-@dataclass(slots=True, frozen=True)
-class RunInfo:
-    id: int
-    app: str
-    name: str
-    state: str
-    root_task_id: int | None
-    created_at: float
-    finished_at: float | None
-    error: str | None
-    counts: dict[str, int]
-
-
-@dataclass(slots=True, frozen=True)
-class NodeInfo:
-    id: int
-    name: str
-    host: str
-    pid: int
-    queue: str
-    slots: int
-    mode: str
-    capabilities: list[str]
-    resources: dict[str, float]
-    speed: float
-    state: str
-    started_at: float
-    heartbeat_at: float
-    stopped_at: float | None
-    running: int
-    completed: int
-
-
-@dataclass(slots=True, frozen=True)
-class Event:
-    id: int
-    at: float
-    run_id: int | None
-    task_id: int | None
-    node_id: int | None
-    kind: str
-    detail: str | None
-
-
-class Store(abc.ABC):
-    """A durable coordination store. Every method is one transaction.
-
-    Implementations are safe to share between threads of one process; each
-    process opens its own (a store is re-opened after ``fork``).
-    """
+class Backend(abc.ABC):
+    """What every part of the contract shares: the store's URL, its clock,
+    and a cheap test for other connections' commits."""
 
     url: str
+
+    @abc.abstractmethod
+    def changed(self) -> bool:
+        """True if another connection committed since the last call (cheap)."""
+
+    def now(self) -> float:
+        """The store's time (Unix seconds), which leases, expiries and
+        visibility are judged by: this host's clock, or the database
+        server's where hosts share one."""
+        return time.time()
+
+
+class TaskStore(Backend):
+    """Submitting, cancelling and reading tasks and runs. Every method is one
+    transaction."""
 
     # -- submission -----------------------------------------------------
     @abc.abstractmethod
@@ -236,7 +121,53 @@ class Store(abc.ABC):
         back is the first task's.
         """
 
-    # -- the node's side ------------------------------------------------
+    # -- control ----------------------------------------------------------
+    @abc.abstractmethod
+    def cancel_tasks(self, task_ids: list[int], reason: str) -> int:
+        """Cancel open tasks and, transitively, their dependents."""
+
+    @abc.abstractmethod
+    def cancel_run(self, run_id: int, reason: str) -> int: ...
+
+    # -- reads ----------------------------------------------------------
+    @abc.abstractmethod
+    def results(self, task_ids: list[int]) -> list[TaskResult]: ...
+
+    @abc.abstractmethod
+    def task(self, task_id: int) -> TaskInfo: ...
+
+    @abc.abstractmethod
+    def tasks(self, run_id: int) -> list[TaskInfo]: ...
+
+    @abc.abstractmethod
+    def run(self, run_id: int) -> RunInfo: ...
+
+    def run_state(self, run_id: int) -> str:
+        """The run's state alone: cheaper than :meth:`run` for a waiter."""
+        return self.run(run_id).state
+
+    @abc.abstractmethod
+    def runs(self, limit: int = 20) -> list[RunInfo]: ...
+
+    @abc.abstractmethod
+    def nodes(self, include_stopped: bool = False) -> list[NodeInfo]: ...
+
+    @abc.abstractmethod
+    def events(self, run_id: int | None = None, limit: int = 100) -> list[Event]: ...
+
+    def wait_changed(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for :meth:`changed` to turn true.
+        This default sleeps once; a backend that is told of commits wakes at once."""
+        if self.changed():
+            return True
+        time.sleep(timeout)
+        return self.changed()
+
+
+class ClaimStore(Backend):
+    """The node's side: claims, completions, heartbeats and node records.
+    Every method is one transaction."""
+
     @abc.abstractmethod
     def exchange(
         self,
@@ -308,45 +239,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def stop_node(self, node_id: int) -> None: ...
 
-    # -- control ----------------------------------------------------------
-    @abc.abstractmethod
-    def cancel_tasks(self, task_ids: list[int], reason: str) -> int:
-        """Cancel open tasks and, transitively, their dependents."""
-
-    @abc.abstractmethod
-    def cancel_run(self, run_id: int, reason: str) -> int: ...
-
-    # -- reads ----------------------------------------------------------
-    @abc.abstractmethod
-    def results(self, task_ids: list[int]) -> list[TaskResult]: ...
-
-    @abc.abstractmethod
-    def task(self, task_id: int) -> TaskInfo: ...
-
-    @abc.abstractmethod
-    def tasks(self, run_id: int) -> list[TaskInfo]: ...
-
-    @abc.abstractmethod
-    def run(self, run_id: int) -> RunInfo: ...
-
-    def run_state(self, run_id: int) -> str:
-        """The run's state alone: cheaper than :meth:`run` for a waiter."""
-        return self.run(run_id).state
-
-    @abc.abstractmethod
-    def runs(self, limit: int = 20) -> list[RunInfo]: ...
-
-    @abc.abstractmethod
-    def nodes(self, include_stopped: bool = False) -> list[NodeInfo]: ...
-
-    @abc.abstractmethod
-    def events(self, run_id: int | None = None, limit: int = 100) -> list[Event]: ...
-
-    # -- notification ---------------------------------------------------
-    @abc.abstractmethod
-    def changed(self) -> bool:
-        """True if another connection committed since the last call (cheap)."""
-
     def work_changed(self) -> bool:
         """True if tasks may have become ready since the last call: what a
         node waits for. This default answers as :meth:`changed` does (and
@@ -361,19 +253,14 @@ class Store(abc.ABC):
         not told of commits never calls it (its nodes poll)."""
         return lambda: None
 
-    def wait_changed(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for :meth:`changed` to turn true.
-        This default sleeps once; a backend that is told of commits wakes at once."""
-        if self.changed():
-            return True
-        time.sleep(timeout)
-        return self.changed()
 
-    def now(self) -> float:
-        """The store's time (Unix seconds), which leases, expiries and
-        visibility are judged by: this host's clock, or the database
-        server's where hosts share one."""
-        return time.time()
+class Store(TaskStore, ClaimStore):
+    """A durable coordination store: tasks and claims. Every method is one
+    transaction.
+
+    Implementations are safe to share between threads of one process; each
+    process opens its own (a store is re-opened after ``fork``).
+    """
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -383,3 +270,208 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class KvStore(Backend):
+    """The state store's keys, transactions, history, snapshots and leases.
+    Every method is one transaction; writes are durable when they return."""
+
+    # -- keys ---------------------------------------------------------------
+    @abc.abstractmethod
+    def kv_get(self, key: str, revision: int | None = None) -> tuple[KvRow | None, int]:
+        """The key's row (at ``revision`` if given) and the store's revision then."""
+
+    @abc.abstractmethod
+    def kv_range(
+        self, prefix: str, revision: int | None = None, limit: int | None = None
+    ) -> tuple[list[KvRow], int]:
+        """Live keys under ``prefix`` in key order, and the store's revision then."""
+
+    @abc.abstractmethod
+    def kv_txn(
+        self,
+        compares: list[KvCompare],
+        then: list[KvOp],
+        orelse: list[KvOp],
+        *,
+        fence: Fence = None,
+        task_id: int | None = None,
+    ) -> TxnOutcome:
+        """If every compare holds apply ``then``, else ``orelse``, all or nothing.
+
+        Raises :class:`~accord.errors.LeaseExpiredError` if a put names a lease
+        that is gone, :class:`~accord.errors.FencedError` for a stale fence.
+        """
+
+    @abc.abstractmethod
+    def kv_changes(
+        self, key: str, prefix: bool, from_revision: int, limit: int = 1000
+    ) -> ChangesPage:
+        """Changes of ``key`` (or under it) from ``from_revision`` on, whole revisions only.
+
+        Raises :class:`~accord.errors.CompactedError` if ``from_revision`` is
+        below the compaction point.
+        """
+
+    @abc.abstractmethod
+    def kv_history(
+        self,
+        key: str,
+        prefix: bool,
+        from_revision: int = 0,
+        to_revision: int | None = None,
+        limit: int | None = None,
+    ) -> list[KvChange]:
+        """The kept history of ``key`` (or under it), oldest first."""
+
+    @abc.abstractmethod
+    def kv_status(self) -> KvStatus: ...
+
+    @abc.abstractmethod
+    def kv_compact(self, revision: int, *, fence: Fence = None) -> int:
+        """Drop history before ``revision`` (held back by snapshots); return the new point."""
+
+    @abc.abstractmethod
+    def kv_set_retention(self, retain: int | None) -> None:
+        """Keep about the last ``retain`` revisions (None: keep all)."""
+
+    @abc.abstractmethod
+    def kv_rollback(
+        self,
+        key: str,
+        prefix: bool,
+        *,
+        revision: int | None = None,
+        snapshot: str | None = None,
+        fence: Fence = None,
+        task_id: int | None = None,
+    ) -> TxnOutcome:
+        """Make ``key`` (or the keys under it) what they were at a revision, as
+        one new revision (no revision if nothing differs)."""
+
+    @abc.abstractmethod
+    def kv_snapshot(self, name: str, *, fence: Fence = None) -> int: ...
+
+    @abc.abstractmethod
+    def kv_snapshots(self, prefix: str) -> list[SnapshotRow]: ...
+
+    @abc.abstractmethod
+    def kv_delete_snapshot(self, name: str, *, fence: Fence = None) -> bool: ...
+
+    # -- leases -------------------------------------------------------------
+    @abc.abstractmethod
+    def lease_grant(self, ttl: float, *, fence: Fence = None) -> LeaseRow: ...
+
+    @abc.abstractmethod
+    def lease_keepalive(self, lease_id: int, *, fence: Fence = None) -> LeaseRow:
+        """Extend a lease by its ttl; :class:`LeaseExpiredError` if it is gone."""
+
+    @abc.abstractmethod
+    def lease_revoke(self, lease_id: int, *, fence: Fence = None) -> int:
+        """End a lease now, deleting its keys; return how many keys went."""
+
+    @abc.abstractmethod
+    def lease_info(self, lease_id: int) -> LeaseRow | None: ...
+
+    @abc.abstractmethod
+    def kv_expire_leases(self) -> int:
+        """Delete the keys of every expired lease; return how many leases ended."""
+
+
+class MessagingStore(Backend):
+    """Mailboxes and topics. Every method is one transaction; writes are
+    durable when they return."""
+
+    # -- mailboxes ----------------------------------------------------------
+    @abc.abstractmethod
+    def mailbox_send(
+        self, mailbox: str, messages: list[OutMessage], *, fence: Fence = None
+    ) -> list[tuple[int, bool]]:
+        """Store messages; return ``(seq, duplicate)`` for each.
+
+        A message whose id is already stored (and not yet past the
+        de-duplication window) is not stored again; with another checksum it
+        raises :class:`~accord.errors.ConflictError` and nothing is written.
+        """
+
+    @abc.abstractmethod
+    def mailbox_receive(
+        self, mailbox: str, limit: int, visibility: float, *, fence: Fence = None
+    ) -> tuple[list[MailboxRow], float | None]:
+        """Take up to ``limit`` visible messages, hidden for ``visibility`` seconds.
+
+        Also returns when the next hidden message becomes visible (``None``
+        if none is in flight).
+        """
+
+    @abc.abstractmethod
+    def mailbox_settle(
+        self,
+        mailbox: str,
+        deliveries: list[tuple[int, int]],
+        *,
+        ack: bool,
+        delay: float = 0.0,
+        fence: Fence = None,
+    ) -> list[bool]:
+        """Acknowledge (``ack``) or make visible again after ``delay`` the
+        ``(seq, delivery)`` pairs; False where that delivery is no longer current."""
+
+    @abc.abstractmethod
+    def mailbox_stats(self, mailbox: str) -> MailboxStats: ...
+
+    @abc.abstractmethod
+    def mailbox_purge(self, acked_before: float, *, fence: Fence = None) -> int:
+        """Forget acknowledged messages acknowledged before ``acked_before``."""
+
+    # -- topics -------------------------------------------------------------
+    @abc.abstractmethod
+    def topic_publish(
+        self, topic: str, messages: list[OutMessage], *, fence: Fence = None
+    ) -> list[tuple[int, bool]]:
+        """Append messages; return ``(offset, duplicate)`` for each."""
+
+    @abc.abstractmethod
+    def topic_read(self, topic: str, from_offset: int, limit: int) -> TopicPage:
+        """Messages from ``from_offset`` on; :class:`CompactedError` if trimmed."""
+
+    @abc.abstractmethod
+    def topic_subscribe(
+        self, topic: str, subscriber: str, from_offset: int | None, *, fence: Fence = None
+    ) -> int:
+        """Register ``subscriber`` (at ``from_offset``, else where it stopped, else
+        at the end); return its next offset."""
+
+    @abc.abstractmethod
+    def topic_commit(
+        self, topic: str, subscriber: str, next_offset: int, *, fence: Fence = None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def topic_unsubscribe(self, topic: str, subscriber: str, *, fence: Fence = None) -> bool: ...
+
+    @abc.abstractmethod
+    def topic_subscribers(self, topic: str) -> list[SubscriberRow]: ...
+
+    @abc.abstractmethod
+    def topic_trim(
+        self, topic: str, before: int | None, *, force: bool = False, fence: Fence = None
+    ) -> int:
+        """Drop messages before ``before`` (default: the slowest subscriber's
+        offset; never past it unless ``force``); return the new first offset."""
+
+    @abc.abstractmethod
+    def topic_offsets(self, topic: str) -> tuple[int, int]:
+        """``(first_offset, next_offset)`` of a topic."""
+
+
+class StateStore(KvStore, MessagingStore):
+    """Storage of the state store and of messaging. Every method is one
+    transaction; writes are durable when they return.
+
+    A backend implements it next to :class:`Store`: both SQL stores mix in
+    :class:`~accord.store.sql.state.SqlStateMixin` (the SQLite store through
+    :class:`~accord.store.sqlite.state.SqliteStateMixin`, which adds its group
+    commit). Above it, :mod:`accord.state` and :mod:`accord.messaging` validate
+    input and deal in user values.
+    """

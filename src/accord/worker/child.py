@@ -8,11 +8,14 @@ import signal
 import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from accord.store.base import ClaimedTask
+from accord.store.records import ClaimedTask
+
+if TYPE_CHECKING:
+    from accord.tasks.registry import Runtime
 
 PR_SET_PDEATHSIG = 1
 
@@ -30,11 +33,11 @@ def child_main(locator: str, store_url: str, conn: Connection, node_id: int) -> 
     _die_with_parent()
     encode = msgspec.msgpack.Encoder().encode
     try:
-        from accord.app import locate
+        from accord.tasks.registry import find
 
-        app = locate(locator)
-        if app._store is None:
-            app._url = store_url
+        _, runtime = find(locator)
+        if not runtime.store_opened:
+            runtime.use_store(store_url)
     except BaseException as exc:  # report why, then exit: the node stops starting slots
         from accord._checks import MAX_ERROR_CHARS, clean_text, describe_exception
 
@@ -58,12 +61,12 @@ def child_main(locator: str, store_url: str, conn: Connection, node_id: int) -> 
         def on_block(flag: bool, task_id: int = task.id) -> None:
             conn.send_bytes(encode(["blocked" if flag else "unblocked", task_id]))
 
-        conn.send_bytes(_outcome(encode, app, task, node_id, on_block))
+        conn.send_bytes(_outcome(encode, runtime, task, node_id, on_block))
 
 
 def _outcome(
     encode: Callable[[Any], bytes],
-    app: Any,
+    runtime: Runtime,
     task: ClaimedTask,
     node_id: int,
     on_block: Callable[[bool], None],
@@ -75,7 +78,7 @@ def _outcome(
     from accord.worker.execute import error_completion, execute
 
     try:
-        return encode(execute(app, task, node_id=node_id, on_block=on_block))
+        return encode(execute(runtime, task, node_id=node_id, on_block=on_block))
     except Exception as exc:
         why = f"the attempt's outcome could not be sent to the node: {describe_exception(exc)}"
         return encode(error_completion(task, why, type_name(exc)))

@@ -7,7 +7,7 @@ import traceback as tb
 from collections.abc import Callable
 from typing import Any
 
-from accord import context, serde
+from accord import serde
 from accord._checks import (
     MAX_ERROR_CHARS,
     MAX_TRACEBACK_CHARS,
@@ -17,14 +17,15 @@ from accord._checks import (
     seconds_or_none,
     type_name,
 )
-from accord.app import App
 from accord.errors import FencedError, Retry
-from accord.handles import Handle
-from accord.store.base import ClaimedTask, Completion, Outcome
+from accord.store.records import ClaimedTask, Completion, Outcome
+from accord.tasks import context
+from accord.tasks.handles import Handle
+from accord.tasks.registry import Runtime
 
 
 def execute(
-    app: App,
+    runtime: Runtime,
     task: ClaimedTask,
     *,
     node_id: int | None = None,
@@ -35,12 +36,12 @@ def execute(
     Whatever the task returns or raises, the Completion holds only what every
     store records: texts cleaned, a result that serialises within the limit.
     """
-    registered = app.tasks.get(task.name)
+    registered = runtime.tasks.get(task.name)
     if registered is None:
-        known = ", ".join(sorted(app.tasks)) or "none"
+        known = ", ".join(sorted(runtime.tasks)) or "none"
         return _error(
             task,
-            f"task {task.name!r} is not registered in app {app.name!r} on this node "
+            f"task {task.name!r} is not registered in app {runtime.name!r} on this node "
             f"(it knows: {known}); start the node with --app pointing at the module that "
             "defines it",
             "UnknownTask",
@@ -57,7 +58,7 @@ def execute(
             retryable=False,
         )
     ctx = context.TaskContext(
-        app=app,
+        runtime=runtime,
         task_id=task.id,
         run_id=task.run_id,
         name=task.name,
@@ -70,7 +71,7 @@ def execute(
     token = context.enter(ctx)
     started = time.perf_counter()
     try:
-        completion = _run(app, registered.fn, task, ctx, args, kwargs)
+        completion = _run(runtime, registered.fn, task, ctx, args, kwargs)
     finally:
         ctx.close()  # children still buffered are written before the outcome is reported
         context.leave(token)
@@ -79,7 +80,7 @@ def execute(
 
 
 def _run(
-    app: App,
+    runtime: Runtime,
     fn: Callable[..., Any],
     task: ClaimedTask,
     ctx: context.TaskContext,
@@ -105,7 +106,7 @@ def _run(
         # would end the thread and leave the task running for ever. Fail the attempt.
         return _error(task, f"the task raised {_shown(exc)}", type_name(exc))
     try:
-        return _value(app, task, value)
+        return _value(runtime, task, value)
     except Exception as exc:  # a value whose own methods fail as it is looked at
         return _error(
             task,
@@ -123,7 +124,7 @@ def _shown(exc: BaseException) -> str:
         return describe_exception(exc)
 
 
-def _value(app: App, task: ClaimedTask, value: Any) -> Completion:
+def _value(runtime: Runtime, task: ClaimedTask, value: Any) -> Completion:
     """The completion for what the task returned; a value that cannot be
     stored fails the attempt (another attempt would return the same)."""
     if isinstance(value, Handle):
@@ -147,10 +148,10 @@ def _value(app: App, task: ClaimedTask, value: Any) -> Completion:
         if not isinstance(exc, TypeError):
             message = f"the result of {task.name}() cannot be serialised: {message}"
         return _error(task, message, "TypeError", retryable=False)
-    if len(data) > app.max_payload:
+    if len(data) > runtime.max_payload:
         return _error(
             task,
-            f"the result takes {len(data)} bytes, over the limit of {app.max_payload}; "
+            f"the result takes {len(data)} bytes, over the limit of {runtime.max_payload}; "
             "put large data in the object store and return a reference",
             "ResultTooLarge",
             retryable=False,

@@ -27,10 +27,10 @@ from collections import deque
 from collections.abc import Iterable
 
 from accord._checks import check_string, check_text
-from accord.app import App
 from accord.errors import ConfigError, StoreError, StoreUnavailableError, UnstorableError
 from accord.scheduling.policy import NodeSpec, check_capacity, check_speed, fits
-from accord.store.base import ClaimedTask, Completion, Outcome
+from accord.store.records import ClaimedTask, Completion, Outcome
+from accord.tasks.registry import AppLike, as_runtime
 from accord.worker.execute import unstorable
 from accord.worker.pool import Pool, make_pool
 
@@ -84,7 +84,7 @@ class Node:
 
     def __init__(
         self,
-        app: App,
+        app: AppLike,
         *,
         slots: int | None = None,
         mode: str = "process",
@@ -118,7 +118,7 @@ class Node:
                 f"heartbeat ({heartbeat!r}) must be positive and shorter than lease_ttl "
                 f"({lease_ttl}), or a live node would lose its leases"
             )
-        self.app = app
+        self.runtime = as_runtime(app)
         self.slots = slots
         self.mode = mode
         self.lease_ttl = float(lease_ttl)
@@ -163,6 +163,11 @@ class Node:
         self._started.wait()
         if self._error is not None:
             raise self._error
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that stopped the node serving in the background, if one did."""
+        return self._error
 
     def _run_captured(self) -> None:
         try:
@@ -217,12 +222,12 @@ class Node:
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
         """Serve until :meth:`stop` is called."""
-        store = self.app.store
+        store = self.runtime.store
         node_id = self.node_id = store.register_node(
             name=self.name,
             host=socket.gethostname(),
             pid=os.getpid(),
-            queue=self.app.name,
+            queue=self.runtime.name,
             slots=self.slots,
             mode=self.mode,
             capabilities=self.capabilities,
@@ -231,7 +236,7 @@ class Node:
             lease_ttl=self.lease_ttl,
         )
         self._find_rank()
-        pool = make_pool(self.mode, self.app, self.slots, node_id)
+        pool = make_pool(self.mode, self.runtime, self.slots, node_id)
         # New work wakes the loop at once where the store is told of commits.
         unsubscribe = store.on_work(pool.wake)
         serving = threading.Event()
@@ -244,7 +249,7 @@ class Node:
             "node %s (%d) serving app %s with %d %s slots",
             self.name,
             node_id,
-            self.app.name,
+            self.runtime.name,
             self.slots,
             self.mode,
         )
@@ -325,7 +330,7 @@ class Node:
                         accepted, claimed = store.exchange(
                             node_id,
                             done,
-                            queue=self.app.name,
+                            queue=self.runtime.name,
                             claim=max(want, 0) if refill else 0,
                             lease_ttl=self.lease_ttl,
                             node=self.spec,
@@ -338,7 +343,7 @@ class Node:
                                 pool,
                                 target / self.slots,
                             ),
-                            policy=self.app.policy,
+                            policy=self.runtime.policy,
                             # Nothing says there is new work: claim only if these
                             # results make some (a round trip saved per result).
                             only_if_work=not (look or room > 0 or now >= next_claim),
@@ -425,7 +430,7 @@ class Node:
                 if waiting and ((changed and now >= next_probe) or reprobe):
                     reprobe = False
                     next_probe = now + PROBE_INTERVAL
-                    best = store.best_ready_priority(self.app.name)
+                    best = store.best_ready_priority(self.runtime.name)
                     # Against the least important task queued here (the queue
                     # is in priority order), not the first: once one urgent
                     # task heads the queue, the next ones must still overtake
@@ -480,7 +485,7 @@ class Node:
         for task_id, _ in back:
             held.pop(task_id, None)
         try:
-            released = self.app.store.release(self.node_id or 0, back)
+            released = self.runtime.store.release(self.node_id or 0, back)
         except StoreError as exc:
             log.warning("could not hand back stopped attempts: %s", exc)
         else:
@@ -597,7 +602,7 @@ class Node:
         # would believe in a lease that has already run out.
         sent = time.monotonic()
         try:
-            still = self.app.store.heartbeat(
+            still = self.runtime.store.heartbeat(
                 self.node_id, self.lease_ttl, len(held), speed=self.spec.speed
             )
         except StoreError as exc:
@@ -617,7 +622,7 @@ class Node:
             # rather than keep their leases alive with every heartbeat.
             log.warning("handing back %d task(s) claimed by a lost commit", len(orphans))
             try:
-                self.app.store.release(self.node_id, orphans)
+                self.runtime.store.release(self.node_id, orphans)
             except StoreError as exc:
                 log.warning("could not hand back tasks: %s", exc)
         self._heartbeat_ok = sent
@@ -636,8 +641,8 @@ class Node:
         try:
             peers = [
                 n.id
-                for n in self.app.store.nodes()
-                if n.queue == self.app.name and n.state == "running"
+                for n in self.runtime.store.nodes()
+                if n.queue == self.runtime.name and n.state == "running"
             ]
         except StoreError:
             return
@@ -646,7 +651,7 @@ class Node:
     def _work_left(self) -> bool:
         """Whether ready work is left (a read, cheaper than a claim)."""
         try:
-            return self.app.store.has_ready(self.app.name)
+            return self.runtime.store.has_ready(self.runtime.name)
         except StoreError:
             return True
 
@@ -658,7 +663,7 @@ class Node:
         done: list[Completion],
     ) -> None:
         """Hand back what has not started, let running tasks finish within the grace."""
-        store = self.app.store
+        store = self.runtime.store
         assert self.node_id is not None
         store.release(self.node_id, [(t.id, t.fence) for t in waiting])
         for task in waiting:
@@ -685,8 +690,8 @@ class Node:
         down raises, a bad row is set apart as in the loop."""
         assert self.node_id is not None
         try:
-            self.app.store.exchange(
-                self.node_id, done, queue=self.app.name, claim=0, lease_ttl=self.lease_ttl
+            self.runtime.store.exchange(
+                self.node_id, done, queue=self.runtime.name, claim=0, lease_ttl=self.lease_ttl
             )
         except UnstorableError as exc:
             left = self._record_apart(done, held, exc)
@@ -727,10 +732,14 @@ class Node:
 
     def _record_one(self, completion: Completion) -> bool:
         assert self.node_id is not None
-        store = self.app.store
+        store = self.runtime.store
         try:
             (accepted,), _ = store.exchange(
-                self.node_id, [completion], queue=self.app.name, claim=0, lease_ttl=self.lease_ttl
+                self.node_id,
+                [completion],
+                queue=self.runtime.name,
+                claim=0,
+                lease_ttl=self.lease_ttl,
             )
             return accepted
         except UnstorableError as exc:
@@ -739,7 +748,7 @@ class Node:
         fallback = unstorable(completion, refused)
         try:
             (accepted,), _ = store.exchange(
-                self.node_id, [fallback], queue=self.app.name, claim=0, lease_ttl=self.lease_ttl
+                self.node_id, [fallback], queue=self.runtime.name, claim=0, lease_ttl=self.lease_ttl
             )
             return accepted
         except UnstorableError as exc:

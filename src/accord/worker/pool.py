@@ -29,8 +29,8 @@ from typing import Any, Protocol
 import msgspec
 
 from accord._checks import describe_exception, type_name
-from accord.app import App
-from accord.store.base import ClaimedTask, Completion, Outcome
+from accord.store.records import ClaimedTask, Completion, Outcome
+from accord.tasks.registry import Runtime
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_message = msgspec.msgpack.Decoder().decode
@@ -108,8 +108,8 @@ class _Proc:
 class ProcessPool:
     """Slots as child processes started with ``spawn`` (safe beside threads)."""
 
-    def __init__(self, app: App, slots: int, node_id: int) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, slots: int, node_id: int) -> None:
+        self.runtime = runtime
         self.slots = slots
         self.node_id = node_id
         self._ctx = multiprocessing.get_context("spawn")
@@ -118,8 +118,8 @@ class ProcessPool:
         # costs more than the wait itself when tasks take microseconds.
         self._poll = select.poll()
         self._fds: dict[int, tuple[_Proc, bool]] = {}
-        self._locator = app.locator()
-        self._store_url = app.store_url
+        self._locator = runtime.locator()
+        self._store_url = runtime.store_url
         self.fatal: str | None = None
         # wake() writes here, from any thread, to end a wait early.
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -351,8 +351,8 @@ class _Thread:
 class ThreadPool:
     """Slots as threads of the node's process, for I/O-bound tasks."""
 
-    def __init__(self, app: App, slots: int, node_id: int) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, slots: int, node_id: int) -> None:
+        self.runtime = runtime
         self.slots = slots
         self.node_id = node_id
         self._threads: list[_Thread] = []
@@ -383,7 +383,7 @@ class ThreadPool:
                 self._events.put((slot, "blocked" if flag else "unblocked", None))
 
             try:
-                completion = execute(self.app, task, node_id=self.node_id, on_block=on_block)
+                completion = execute(self.runtime, task, node_id=self.node_id, on_block=on_block)
             except BaseException as exc:
                 # execute() turns what the task raises into a Completion; this is
                 # what is left (a failure in accord's own code): a slot thread
@@ -479,7 +479,7 @@ class ThreadPool:
         self._threads = []
 
 
-def make_pool(mode: str, app: App, slots: int, node_id: int) -> Pool:
+def make_pool(mode: str, runtime: Runtime, slots: int, node_id: int) -> Pool:
     if mode == "process":
-        return ProcessPool(app, slots, node_id)
-    return ThreadPool(app, slots, node_id)
+        return ProcessPool(runtime, slots, node_id)
+    return ThreadPool(runtime, slots, node_id)

@@ -1,0 +1,112 @@
+"""``accord worker``, ``nodes`` and ``migrate``: serving an app, the nodes, the schema."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from accord.app import locate
+from accord.cli.common import StoreOpt, cli, cwd_on_path, out, user_errors
+from accord.errors import ConfigError
+from accord.store import open_store
+
+
+@cli.command()
+def worker(
+    app_spec: Annotated[str, typer.Option("--app", envvar="ACCORD_APP", help="module:app")],
+    store: StoreOpt = None,
+    slots: Annotated[int | None, typer.Option(envvar="ACCORD_SLOTS")] = None,
+    mode: Annotated[str, typer.Option(envvar="ACCORD_MODE", help="process or thread")] = "process",
+    lease: Annotated[float, typer.Option(envvar="ACCORD_LEASE", help="lease seconds")] = 15.0,
+    grace: Annotated[float, typer.Option(envvar="ACCORD_GRACE")] = 30.0,
+    name: Annotated[str | None, typer.Option(envvar="ACCORD_NODE_NAME")] = None,
+    capability: Annotated[list[str] | None, typer.Option(help="capability label")] = None,
+    resource: Annotated[
+        list[str] | None, typer.Option(help="capacity as KIND=AMOUNT (cpu, gpu, memory in MB)")
+    ] = None,
+    speed: Annotated[float, typer.Option(envvar="ACCORD_SPEED", help="initial speed v")] = 1.0,
+) -> None:
+    """Run a node: claim and run the app's tasks until SIGTERM or Ctrl-C."""
+    cwd_on_path()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with user_errors():
+        app = locate(app_spec)
+        if store:
+            app.use_store(store)
+        node = app.node(
+            slots=slots,
+            mode=mode,
+            lease_ttl=lease,
+            grace=grace,
+            name=name,
+            capabilities=capability or [],
+            resources=_resources(resource or []),
+            speed=speed,
+        )
+        node.install_signal_handlers()
+        node.run()
+
+
+def _resources(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        kind, sep, amount = item.partition("=")
+        try:
+            out[kind.strip()] = float(amount)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"--resource {item!r} must look like KIND=AMOUNT, e.g. gpu=1")
+    return out
+
+
+@cli.command()
+def nodes(
+    store: StoreOpt = None,
+    all_nodes: Annotated[bool, typer.Option("--all", help="include stopped nodes")] = False,
+) -> None:
+    """List nodes with their slots, load and last heartbeat."""
+    with user_errors(), open_store(store) as s:
+        table = Table(
+            "node",
+            "name",
+            "host",
+            "app",
+            "slots",
+            "mode",
+            "capabilities",
+            "resources",
+            "speed",
+            "running",
+            "completed",
+            "state",
+            "heartbeat",
+        )
+        now = s.now()  # heartbeats are stamped by the store's clock
+        for n in s.nodes(include_stopped=all_nodes):
+            table.add_row(
+                str(n.id),
+                n.name,
+                n.host,
+                n.queue,
+                str(n.slots),
+                n.mode,
+                ",".join(n.capabilities) or "-",
+                " ".join(f"{k}={v:g}" for k, v in sorted(n.resources.items())) or "-",
+                f"{n.speed:.3g}",
+                str(n.running),
+                str(n.completed),
+                n.state,
+                f"{now - n.heartbeat_at:.1f}s ago",
+            )
+        out.print(table)
+
+
+@cli.command()
+def migrate(store: StoreOpt = None) -> None:
+    """Create or upgrade the store's schema."""
+    with user_errors(), open_store(store) as s:
+        out.print(f"{s.url}: schema up to date")

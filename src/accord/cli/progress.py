@@ -1,0 +1,76 @@
+"""Following a run from the shell: a progress bar of its tasks, a time limit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from accord.cli.common import err
+from accord.store.records import TERMINAL
+from accord.tasks import Run
+
+
+def follow(
+    run: Run,
+    *,
+    label: str,
+    show: bool = True,
+    check: Callable[[], None] | None = None,
+) -> Any:
+    """Wait for ``run`` while showing a progress bar of its tasks; ``check``
+    raises if the in-process node stopped on an error."""
+    if not show:
+        while True:
+            try:
+                return run.wait(0.5)
+            except TimeoutError:
+                if check is not None:
+                    check()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        bar = progress.add_task(label, total=1, detail="")
+        while True:
+            info = run.info()
+            total = sum(info.counts.values())
+            ended = sum(info.counts.get(s, 0) for s in TERMINAL)
+            running = info.counts.get("running", 0)
+            progress.update(bar, total=max(total, 1), completed=ended, detail=f"{running} running")
+            if info.state != "running":
+                break
+            if check is not None:
+                check()
+            time.sleep(0.1)
+    return run.wait()
+
+
+def with_timeout(fn: Callable[[], Any], timeout: float | None) -> Any:
+    if timeout is None:
+        return fn()
+    import threading
+
+    box: list[Any] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"the run did not finish within {timeout} s (it goes on)")
+    if failure:
+        raise failure[0]
+    return box[0]

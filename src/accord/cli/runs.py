@@ -1,0 +1,189 @@
+"""``accord run``, ``runs``, ``tasks``, ``status``, ``cancel``, ``events``: runs and their tasks."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from accord.app import locate_task
+from accord.cli.common import (
+    StoreOpt,
+    cli,
+    cwd_on_path,
+    err,
+    out,
+    parse_value,
+    secs,
+    user_errors,
+    when,
+)
+from accord.cli.progress import follow, with_timeout
+from accord.errors import TaskError
+from accord.scheduling.report import live_nodes, unschedulable, unschedulable_reason
+from accord.store import open_store
+from accord.worker.embedded import Embedded
+
+
+@cli.command()
+def run(
+    target: Annotated[str, typer.Argument(help="module:workflow to start")],
+    args: Annotated[list[str] | None, typer.Argument(help="arguments (JSON, else text)")] = None,
+    store: StoreOpt = None,
+    timeout: Annotated[float | None, typer.Option(help="give up after this many seconds")] = None,
+    slots: Annotated[int | None, typer.Option(help="slots of the in-process node")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Start a workflow, wait for it and print its value.
+
+    With no node of the app running, a node runs in this process.
+    """
+    cwd_on_path()
+    with user_errors():
+        workflow = locate_task(target)
+        runtime = workflow.runtime
+        if store:
+            runtime.use_store(store)
+        values = [parse_value(a) for a in args or []]
+        started = workflow.start(*values)
+        err.print(f"run {started.id} started ({workflow.name})", highlight=False)
+        options = {"slots": slots} if slots else {}
+        embedded = Embedded(runtime, options)
+        with embedded:
+            try:
+                value = with_timeout(
+                    lambda: follow(
+                        started, label=workflow.name, show=progress, check=embedded.check
+                    ),
+                    timeout,
+                )
+            except TaskError as exc:
+                err.print(f"[red]run {started.id} failed:[/red] {exc}", highlight=False)
+                raise typer.Exit(1) from None
+        out.print_json(json.dumps(value, default=repr))
+
+
+@cli.command()
+def runs(
+    store: StoreOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+) -> None:
+    """List recent runs."""
+    with user_errors(), open_store(store) as s:
+        table = Table("run", "name", "app", "state", "tasks", "started", "took", "error")
+        for r in s.runs(limit):
+            total = sum(r.counts.values())
+            done = r.counts.get("succeeded", 0)
+            table.add_row(
+                str(r.id),
+                r.name,
+                r.app,
+                r.state,
+                f"{done}/{total}",
+                when(r.created_at),
+                secs(r.created_at, r.finished_at),
+                (r.error or "")[:60],
+            )
+        out.print(table)
+
+
+@cli.command()
+def tasks(
+    run_id: Annotated[int, typer.Argument(help="the run's id")],
+    store: StoreOpt = None,
+) -> None:
+    """Show each task of a run: state, node, attempts, timings, error."""
+    with user_errors(), open_store(store) as s:
+        info = s.run(run_id)
+        nodes_now = s.nodes()
+        table = Table(
+            "task",
+            "name",
+            "state",
+            "node",
+            "attempts",
+            "queued",
+            "ran",
+            "error",
+            title=f"run {info.id} ({info.name}): {info.state}",
+        )
+        for t in s.tasks(run_id):
+            note = t.error or ""
+            if t.state.value == "ready":
+                why = unschedulable_reason(t.queue, t.requires, t.resources, nodes_now)
+                if why is not None:
+                    note = f"unschedulable: {why}"
+            table.add_row(
+                str(t.id),
+                t.name,
+                t.state.value,
+                t.node_name or "-",
+                f"{t.attempts}/{t.max_attempts}" + (f" +{t.losses} lost" if t.losses else ""),
+                secs(t.created_at, t.started_at),
+                secs(t.started_at, t.finished_at),
+                note[:100],
+            )
+        out.print(table)
+
+
+@cli.command()
+def status(store: StoreOpt = None) -> None:
+    """Queues, live nodes, and ready tasks that no live node can run."""
+    with user_errors(), open_store(store) as s:
+        nodes_now = s.nodes()
+        classes = s.ready_classes()
+        queues = sorted({c[0] for c in classes} | {n.queue for n in nodes_now})
+        table = Table("app", "ready", "live nodes", "slots", "running")
+        for queue in queues:
+            ready = sum(c[3] for c in classes if c[0] == queue)
+            live = live_nodes(nodes_now, queue)
+            table.add_row(
+                queue,
+                str(ready),
+                str(len(live)),
+                str(sum(n.slots for n in live)),
+                str(sum(n.running for n in live)),
+            )
+        out.print(table)
+        stuck = unschedulable(classes, nodes_now)
+        if stuck:
+            bad = Table("app", "requires", "resources", "tasks", "why", title="unschedulable")
+            for queue, requires, resources, count, reason in stuck:
+                bad.add_row(queue, requires or "-", resources or "-", str(count), reason)
+            out.print(bad)
+        else:
+            out.print("every ready task can run on a live node")
+
+
+@cli.command()
+def cancel(
+    run_id: Annotated[int, typer.Argument(help="the run's id")],
+    store: StoreOpt = None,
+) -> None:
+    """Cancel every open task of a run."""
+    with user_errors(), open_store(store) as s:
+        count = s.cancel_run(run_id, "cancelled from the command line")
+        out.print(f"run {run_id}: {count} task(s) cancelled")
+
+
+@cli.command()
+def events(
+    run_id: Annotated[int | None, typer.Argument(help="only this run")] = None,
+    store: StoreOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
+) -> None:
+    """Show the event log: failures, retries, lease expiries, node starts and stops."""
+    with user_errors(), open_store(store) as s:
+        table = Table("at", "kind", "run", "task", "node", "detail")
+        for e in s.events(run_id, limit):
+            table.add_row(
+                when(e.at),
+                e.kind,
+                str(e.run_id or "-"),
+                str(e.task_id or "-"),
+                str(e.node_id or "-"),
+                (e.detail or "")[:100],
+            )
+        out.print(table)

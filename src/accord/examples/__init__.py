@@ -1,0 +1,1 @@
+"""Example programs built on accord: the demo pipeline (``accord demo``)."""
