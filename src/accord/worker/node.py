@@ -24,22 +24,19 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 
 from accord._checks import check_string, check_text
-from accord.errors import ConfigError, StoreError, StoreUnavailableError, UnstorableError
-from accord.scheduling.policy import NodeSpec, check_capacity, check_speed, fits
-from accord.store.records import ClaimedTask, Completion, Outcome
+from accord.errors import ConfigError, StoreError, UnstorableError
+from accord.scheduling.policy import NodeSpec, check_capacity, check_speed
+from accord.store.records import ClaimedTask, Completion
 from accord.tasks.registry import AppLike, as_runtime
-from accord.worker.execute import unstorable
-from accord.worker.pool import Pool, make_pool
+from accord.worker.dispatch import MIN_PRIORITY, Dispatch
+from accord.worker.leases import Leases
+from accord.worker.pool import make_pool
+from accord.worker.record import Recording
 
 log = logging.getLogger("accord.node")
 
-# Claim enough tasks to keep the slots busy for about this long, so that
-# short tasks are claimed many per commit and long ones one by one.
-PREFETCH_SECONDS = 0.02
-MAX_PREFETCH = 512
 # A node with nothing to do looks for new work this often even when it saw
 # no commit (delayed tasks become ready, leases of dead nodes expire).
 IDLE_CLAIM_INTERVAL = 0.5
@@ -47,7 +44,6 @@ IDLE_CLAIM_INTERVAL = 0.5
 # (only while queued tasks keep the slots busy).
 FLUSH_AGE = 0.005
 FLUSH_COUNT = 256
-MIN_PRIORITY = -(2**63)
 # While the local queue is full, look for more urgent work at most this often.
 PROBE_INTERVAL = 0.002
 # New work wakes every node. The first of them (by id) claims at once; the
@@ -60,7 +56,7 @@ WAIT_SLOW = 0.01
 MAX_NODE_NAME_BYTES = 256
 
 
-class Node:
+class Node(Leases, Dispatch, Recording):
     """Runs an app's tasks. Use :meth:`run` to serve in this thread, or
     :meth:`start`/:meth:`stop`/:meth:`join` to serve in the background.
 
@@ -447,196 +443,6 @@ class Node:
             except StoreError:
                 log.warning("could not mark node %d stopped", node_id)
 
-    def _cut_off(self) -> bool:
-        """True when the store has not accepted a heartbeat for so long that
-        another node may soon take this node's tasks."""
-        return time.monotonic() - self._heartbeat_ok > self.lease_ttl - self.heartbeat_interval
-
-    def _watch(self, pool: Pool, serving: threading.Event) -> None:
-        """Self-fencing that does not depend on the node's loop: a store call
-        can block for as long as the database is unreachable (or stopped),
-        and the attempts must stop before their leases end all the same."""
-        while not serving.wait(self.heartbeat_interval / 4):
-            if self._self_fenced or not self._cut_off():
-                continue
-            stopped = pool.fence()
-            with self._fence_lock:
-                self._self_fenced.update({task.id: task.fence for task in stopped})
-            if stopped:
-                log.error(
-                    "no heartbeat for too long (%.1fs): stopped %d running attempt(s) "
-                    "before their leases end",
-                    time.monotonic() - self._heartbeat_ok,
-                    len(stopped),
-                )
-
-    def _hand_back_fenced(
-        self, finished: list[Completion], held: dict[int, ClaimedTask]
-    ) -> list[Completion]:
-        """Attempts the watchdog stopped did not fail: hand them back (if
-        their leases were not taken over meanwhile) instead of reporting."""
-        with self._fence_lock:
-            fenced = self._self_fenced
-            back = [(c.task_id, c.fence) for c in finished if fenced.get(c.task_id) == c.fence]
-            for task_id, _ in back:
-                del fenced[task_id]
-        if not back:
-            return finished
-        for task_id, _ in back:
-            held.pop(task_id, None)
-        try:
-            released = self.runtime.store.release(self.node_id or 0, back)
-        except StoreError as exc:
-            log.warning("could not hand back stopped attempts: %s", exc)
-        else:
-            if released < len(back):
-                self.fenced += len(back) - released
-                log.warning(
-                    "%d stopped attempt(s) were lost meanwhile (lease taken over)",
-                    len(back) - released,
-                )
-        gone = {task_id for task_id, _ in back}
-        return [c for c in finished if c.task_id not in gone]
-
-    def _target(self) -> int:
-        """How many tasks to hold: the slots, plus ~20 ms of work queued."""
-        if self._stop.is_set():
-            return 0
-        avg = self._avg_duration
-        if avg is None:
-            return self.slots
-        extra = int(PREFETCH_SECONDS / max(avg, 1e-5)) * self.slots
-        return self.slots + min(extra, MAX_PREFETCH)
-
-    @staticmethod
-    def _holding(
-        held: dict[int, ClaimedTask], finishing: set[int], pool: Pool, urgent_level: int | None
-    ) -> list[ClaimedTask]:
-        """The held tasks that take capacity from a claim: all of them but
-        those finishing in this commit (their dependents can be claimed in the
-        same commit); for an urgent claim, only those running or at least as
-        important as the urgent work, since it goes ahead of the rest queued
-        here (the prefetched backlog must not crowd it out)."""
-        if urgent_level is None:
-            return [t for t in held.values() if t.id not in finishing]
-        running = {t.id for t in pool.running()}
-        return [
-            t
-            for t in held.values()
-            if t.id not in finishing and (t.id in running or t.priority >= urgent_level)
-        ]
-
-    def _free(
-        self, tasks: Iterable[ClaimedTask], pool: Pool, scale: float = 1.0
-    ) -> dict[str, float]:
-        """Capacity (times ``scale``) not taken by ``tasks``; a task that waits
-        on another lends its share meanwhile.
-
-        Claims use the capacity scaled by the prefetch factor, so that short
-        tasks can queue here while long ones are claimed only as they fit.
-        """
-        free = {kind: amount * scale for kind, amount in self.spec.capacity.items()}
-        lent = pool.blocked()
-        for task in tasks:
-            if task.id in lent:
-                continue
-            for kind, amount in task.needs.items():
-                free[kind] = free.get(kind, 0.0) - amount
-        return free
-
-    def _dispatch(
-        self,
-        pool: Pool,
-        waiting: deque[ClaimedTask],
-        dispatched: dict[int, float],
-        now: float,
-        floor: int = MIN_PRIORITY,
-    ) -> None:
-        """Start queued tasks on free slots, in order, skipping those whose
-        resources are not free yet (smaller tasks go ahead meanwhile), and
-        none of a priority below ``floor``."""
-        if self._cut_off():
-            return  # their leases may be gone: start nothing until a heartbeat passes
-        if not waiting or pool.free() <= 0:
-            return
-        free = self._free(pool.running(), pool)
-        skipped: list[ClaimedTask] = []
-        while waiting and pool.free() > 0 and waiting[0].priority >= floor:
-            task = waiting.popleft()
-            if not fits(task.needs, free):
-                skipped.append(task)
-                continue
-            for kind, amount in task.needs.items():
-                free[kind] = free.get(kind, 0.0) - amount
-            dispatched[task.id] = now
-            pool.start(task)
-        waiting.extendleft(reversed(skipped))
-
-    def _learn(
-        self,
-        finished: list[Completion],
-        dispatched: dict[int, float],
-        held: dict[int, ClaimedTask],
-        now: float,
-    ) -> None:
-        """Update the mean task duration (for prefetch) and the speed v = size / time."""
-        for completion in finished:
-            sent = dispatched.pop(completion.task_id, None)
-            if sent is None:
-                continue
-            took = max(completion.duration or (now - sent), 1e-6)
-            avg = self._avg_duration
-            self._avg_duration = took if avg is None else 0.9 * avg + 0.1 * took
-            task = held.get(completion.task_id)
-            if task is not None and task.size > 0 and completion.outcome is Outcome.OK:
-                self.spec.speed = 0.9 * self.spec.speed + 0.1 * (task.size / took)
-
-    def _heartbeat(
-        self, pool: Pool, held: dict[int, ClaimedTask], waiting: deque[ClaimedTask]
-    ) -> None:
-        assert self.node_id is not None
-        # The store extends the leases from its transaction's start (on
-        # PostgreSQL, now() is read at BEGIN, before any wait for a row lock),
-        # so the lease is measured from before the call: the time of the
-        # answer could be seconds later, and a node that counted from it
-        # would believe in a lease that has already run out.
-        sent = time.monotonic()
-        try:
-            still = self.runtime.store.heartbeat(
-                self.node_id, self.lease_ttl, len(held), speed=self.spec.speed
-            )
-        except StoreError as exc:
-            if self._cut_off():
-                # Another node may take these tasks soon: drop them here too (the
-                # watchdog stops process slots, but cannot stop slot threads).
-                log.error("no heartbeat for too long (%s); stopping all attempts", exc)
-                for task_id in list(held):
-                    pool.kill(task_id)
-                held.clear()
-                waiting.clear()
-            return
-        orphans = [(task_id, fence) for task_id, fence in still.items() if task_id not in held]
-        if orphans:
-            # Claimed by a commit whose answer was lost (the connection broke
-            # during COMMIT): this node never got them. Hand them back now
-            # rather than keep their leases alive with every heartbeat.
-            log.warning("handing back %d task(s) claimed by a lost commit", len(orphans))
-            try:
-                self.runtime.store.release(self.node_id, orphans)
-            except StoreError as exc:
-                log.warning("could not hand back tasks: %s", exc)
-        self._heartbeat_ok = sent
-        self._find_rank()
-        for task_id, task in list(held.items()):
-            if still.get(task_id) != task.fence:
-                log.warning("task %d lost (cancelled or lease taken over); stopping it", task_id)
-                held.pop(task_id)
-                if not pool.kill(task_id):
-                    try:
-                        waiting.remove(task)
-                    except ValueError:
-                        pass
-
     def _find_rank(self) -> None:
         try:
             peers = [
@@ -647,115 +453,6 @@ class Node:
         except StoreError:
             return
         self._rank = peers.index(self.node_id) if self.node_id in peers else 0
-
-    def _work_left(self) -> bool:
-        """Whether ready work is left (a read, cheaper than a claim)."""
-        try:
-            return self.runtime.store.has_ready(self.runtime.name)
-        except StoreError:
-            return True
-
-    def _drain(
-        self,
-        pool: Pool,
-        held: dict[int, ClaimedTask],
-        waiting: deque[ClaimedTask],
-        done: list[Completion],
-    ) -> None:
-        """Hand back what has not started, let running tasks finish within the grace."""
-        store = self.runtime.store
-        assert self.node_id is not None
-        store.release(self.node_id, [(t.id, t.fence) for t in waiting])
-        for task in waiting:
-            held.pop(task.id, None)
-        waiting.clear()
-        grace = 0.0 if self._hard_stop.is_set() else self.grace
-        deadline = time.monotonic() + grace
-        while pool.active() and time.monotonic() < deadline and not self._hard_stop.is_set():
-            done.extend(pool.wait(0.05))
-            if done:
-                self._record(done, held)
-                done.clear()
-        done.extend(pool.wait(0))
-        if done:
-            self._record(done, held)
-        unfinished = [(t.id, t.fence) for t in held.values()]
-        for task_id, _ in unfinished:
-            pool.kill(task_id)
-        store.release(self.node_id, unfinished)
-
-    # -- recording results --------------------------------------------------
-    def _record(self, done: list[Completion], held: dict[int, ClaimedTask]) -> None:
-        """Record ``done`` (claiming nothing) while stopping; a store that is
-        down raises, a bad row is set apart as in the loop."""
-        assert self.node_id is not None
-        try:
-            self.runtime.store.exchange(
-                self.node_id, done, queue=self.runtime.name, claim=0, lease_ttl=self.lease_ttl
-            )
-        except UnstorableError as exc:
-            left = self._record_apart(done, held, exc)
-            if left:
-                raise StoreUnavailableError(
-                    f"could not record {len(left)} result(s) while stopping: the store became "
-                    "unreachable"
-                ) from exc
-        for completion in done:
-            held.pop(completion.task_id, None)
-
-    def _record_apart(
-        self, done: list[Completion], held: dict[int, ClaimedTask], why: UnstorableError
-    ) -> list[Completion]:
-        """The store refused a batch of results as bad data: some row holds
-        what this store cannot hold (text its encoding lacks, say). Record
-        them one by one, so that the good ones go in and a bad one is recorded
-        as a failed attempt saying why; never resend the batch as if the store
-        were down. Returns the rows left for later if the store does go down
-        meanwhile."""
-        log.warning(
-            "the store refused a batch of %d result(s) as bad data (%s); recording them one by one",
-            len(done),
-            why,
-        )
-        for position, completion in enumerate(done):
-            try:
-                accepted = self._record_one(completion)
-            except StoreError as exc:
-                log.warning("store unavailable, retrying later: %s", exc)
-                return done[position:]
-            held.pop(completion.task_id, None)
-            self.executed += 1
-            if not accepted:
-                self.fenced += 1
-                log.warning("completion of task %d refused: lease lost", completion.task_id)
-        return []
-
-    def _record_one(self, completion: Completion) -> bool:
-        assert self.node_id is not None
-        store = self.runtime.store
-        try:
-            (accepted,), _ = store.exchange(
-                self.node_id,
-                [completion],
-                queue=self.runtime.name,
-                claim=0,
-                lease_ttl=self.lease_ttl,
-            )
-            return accepted
-        except UnstorableError as exc:
-            refused = exc
-        log.warning("task %d: its outcome is refused by the store: %s", completion.task_id, refused)
-        fallback = unstorable(completion, refused)
-        try:
-            (accepted,), _ = store.exchange(
-                self.node_id, [fallback], queue=self.runtime.name, claim=0, lease_ttl=self.lease_ttl
-            )
-            return accepted
-        except UnstorableError as exc:
-            # Even ASCII text is refused: the fault is not in this row's data.
-            raise StoreError(
-                f"the store refuses to record any outcome for task {completion.task_id}: {exc}"
-            ) from exc
 
 
 def _by_priority(task: ClaimedTask) -> int:
