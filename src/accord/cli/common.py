@@ -16,13 +16,19 @@ from rich.console import Console
 
 from accord.errors import AccordError
 
-cli = typer.Typer(
-    name="accord",
-    help="Run and inspect accord workflows.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+
+def command_group(name: str, help: str) -> typer.Typer:
+    """A command (or group of subcommands) that prints its help when called bare."""
+    return typer.Typer(
+        name=name,
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+
+cli = command_group("accord", "Run and inspect accord workflows.")
 
 out = Console()
 if not out.is_terminal:

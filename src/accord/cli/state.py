@@ -18,33 +18,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from accord.cli.common import StoreOpt, err, out, parse_value, user_errors
+from accord.cli.common import StoreOpt, command_group, err, out, parse_value, user_errors
 from accord.errors import ConfigError
 from accord.messaging import Mailbox, Topic
 from accord.state import Change, Entry, State
 from accord.store import Store, open_store
 
-state_cli = typer.Typer(
-    name="state",
-    help="Read, write and watch the state store.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-mailbox_cli = typer.Typer(
-    name="mailbox",
-    help="Look into mailboxes; send a message.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-topic_cli = typer.Typer(
-    name="topic",
-    help="Look into topics; publish a message.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+state_cli = command_group("state", "Read, write and watch the state store.")
+mailbox_cli = command_group("mailbox", "Look into mailboxes; send a message.")
+topic_cli = command_group("topic", "Look into topics; publish a message.")
 
 AppOpt = Annotated[
     str | None, typer.Option("--app", envvar="ACCORD_APP_NAME", help="the app's namespace")

@@ -80,7 +80,7 @@ class Handle(Generic[R]):
         name: str,
         owner: context.TaskContext | None = None,
     ) -> None:
-        self._runtime: Runtime = app if isinstance(app, Runtime) else as_runtime(app)
+        self._runtime: Runtime = as_runtime(app)
         self._id = task_id
         self._name = name
         # A child not written yet: the attempt whose batch holds it.

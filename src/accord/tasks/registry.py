@@ -164,16 +164,15 @@ AppLike: TypeAlias = "Runtime | HasRuntime"
 
 def as_runtime(value: AppLike) -> Runtime:
     """``value`` if it is a runtime, else the runtime of the app it is."""
-    if isinstance(value, Runtime):
-        return value
-    runtime = getattr(value, "runtime", None)
-    if not isinstance(runtime, Runtime):
+    runtime = runtime_of(value)
+    if runtime is None:
         raise ConfigError(f"expected an accord.App, not {value!r}")
     return runtime
 
 
 # The objects that are the face of a runtime (each App, registered as it is
-# made), so that another process can find an app by name in its module.
+# made): how a Node, Handle or Run given an App finds its runtime, and a slot
+# process finds an app by name in its module.
 _faces: weakref.WeakKeyDictionary[object, Runtime] = weakref.WeakKeyDictionary()
 
 

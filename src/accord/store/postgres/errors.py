@@ -9,8 +9,6 @@ keeping it as ``__cause__``.
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import psycopg
 import psycopg.errors
 import psycopg_pool
@@ -23,6 +21,7 @@ from accord.errors import (
     StoreUnavailableError,
     UnstorableError,
 )
+from accord.store.errormap import ErrorMap
 
 _RACES = (
     psycopg.errors.DeadlockDetected,
@@ -74,29 +73,18 @@ def translate(exc: BaseException, what: str, url: str, retry_for: float) -> Exce
 _CAUGHT = (psycopg.Error, psycopg_pool.PoolTimeout, *_BAD_VALUE)
 
 
-class pg_errors:
+class pg_errors(ErrorMap):
     """``with pg_errors(url, what, retry_for):`` raises a driver error of the
-    block (or a value it could not send) as accord's (see :func:`translate`).
-
-    A class rather than a generator: its ``__exit__`` never swallows an
-    error, which type checkers can see.
-    """
+    block (or a value it could not send) as accord's (see :func:`translate`)."""
 
     __slots__ = ("retry_for", "url", "what")
+
+    caught = _CAUGHT
 
     def __init__(self, url: str, what: str, retry_for: float) -> None:
         self.url = url
         self.what = what
         self.retry_for = retry_for
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        if exc is not None and isinstance(exc, _CAUGHT):
-            raise translate(exc, self.what, self.url, self.retry_for) from exc
+    def translate(self, exc: BaseException) -> Exception:
+        return translate(exc, self.what, self.url, self.retry_for)

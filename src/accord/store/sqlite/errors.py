@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from types import TracebackType
 
 from accord.errors import SchemaError, StorageFullError, StoreError, StoreURLError, UnstorableError
+from accord.store.errormap import ErrorMap
 
 # What a driver raises for a value it cannot bind or store (NUL is stored
 # as it is; a lone surrogate cannot be encoded; an int past 64 bits does not
@@ -67,32 +67,19 @@ def translate(exc: BaseException, path: str) -> Exception:
     return err
 
 
-class sqlite_errors:
+class sqlite_errors(ErrorMap):
     """``with sqlite_errors(path):`` raises a driver error of the block as
     accord's (see :func:`translate`).
 
     With ``values``, also a value the driver could not bind (:data:`BAD_VALUE`),
-    where the block binds the caller's values. (A class rather than a
-    generator: its ``__exit__`` never swallows an error, which type checkers
-    can see.)
+    where the block binds the caller's values.
     """
 
     __slots__ = ("caught", "path")
 
     def __init__(self, path: str, *, values: bool = False) -> None:
         self.path = path
-        self.caught: tuple[type[BaseException], ...] = (
-            (sqlite3.Error, *BAD_VALUE) if values else (sqlite3.Error,)
-        )
+        self.caught = (sqlite3.Error, *BAD_VALUE) if values else (sqlite3.Error,)
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        if exc is not None and isinstance(exc, self.caught):
-            raise translate(exc, self.path) from exc
+    def translate(self, exc: BaseException) -> Exception:
+        return translate(exc, self.path)
