@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from accord.errors import ConfigError, NotFoundError
+from accord.hooks import Hook, Hooks
 from accord.messaging import Mailbox, Topic
 from accord.scheduling.policy import Policy
 from accord.state import State
@@ -33,7 +34,9 @@ class App:
     ``store`` is a store URL or a :class:`~accord.store.Store`; by default the
     URL comes from ``ACCORD_STORE``, else ``sqlite:///.accord/accord.db``. The
     store is opened on first use, so defining an app at module level costs
-    nothing. Use the app as a context manager to close it.
+    nothing. Use the app as a context manager to close it. ``hooks`` are
+    plugins told of what the app's nodes and store do (:mod:`accord.hooks`);
+    add them before defining tasks that use the options they declare.
 
     Example::
 
@@ -54,11 +57,14 @@ class App:
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         policy: Policy | str = "cost",
+        hooks: Iterable[Hook] = (),
     ) -> None:
         frame = inspect.currentframe()
         caller = frame.f_back if frame is not None else None
         module: str = caller.f_globals.get("__name__", "") if caller else ""
         self.runtime = Runtime(name, store, max_payload=max_payload, policy=policy, module=module)
+        for hook in hooks:
+            self.runtime.hooks.add(hook)
         register_face(self, self.runtime)
 
     @property
@@ -82,6 +88,11 @@ class App:
     @policy.setter
     def policy(self, value: Policy | str) -> None:
         self.runtime.policy = value
+
+    @property
+    def hooks(self) -> Hooks:
+        """The app's hooks (:mod:`accord.hooks`): ``app.hooks.add(hook)``."""
+        return self.runtime.hooks
 
     @property
     def tasks(self) -> dict[str, Task[Any, Any]]:
@@ -199,11 +210,9 @@ class App:
     def _register(
         self, fn: Callable[..., Any] | None, options: dict[str, Any], *, workflow: bool
     ) -> Any:
-        unknown = set(options) - OPTION_NAMES
-        if unknown:
-            raise ConfigError(
-                f"unknown task option(s) {sorted(unknown)}; known: {sorted(OPTION_NAMES)}"
-            )
+        beyond = {name: options.pop(name) for name in sorted(set(options) - OPTION_NAMES)}
+        if beyond:
+            options["hooked"] = self.hooks.check_options(beyond, OPTION_NAMES)
         if "requires" in options and not isinstance(options["requires"], str):
             options["requires"] = tuple(options["requires"])
 

@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from accord.hooks import Hooks
 from accord.store.records import (
     ChangesPage,
     ClaimedTask,
@@ -80,6 +81,7 @@ class Backend(abc.ABC):
     and a cheap test for other connections' commits."""
 
     url: str
+    hooks: Hooks  # plugins told of what this store records (accord.hooks)
 
     @abc.abstractmethod
     def changed(self) -> bool:

@@ -6,7 +6,7 @@ import dataclasses
 import datetime
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from accord._checks import check_name, check_text
@@ -59,6 +59,8 @@ class TaskOptions:
     rate: float | None = None
     limit_key: str | None = None
     idempotency_key: str | None = None
+    # Options the app's hooks declare (accord.hooks.Hook.options), checked by them.
+    hooked: Mapping[str, Any] = field(default_factory=dict)
 
     def validated(self) -> TaskOptions:
         check_name(self.name, "task name")
@@ -125,4 +127,4 @@ class TaskOptions:
         return self
 
 
-OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TaskOptions)) - {"queue"}
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TaskOptions)) - {"queue", "hooked"}

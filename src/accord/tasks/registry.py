@@ -13,19 +13,22 @@ from __future__ import annotations
 import importlib
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 from accord._checks import check_name, check_payload_limit
 from accord.errors import ClosedError, ConfigError, NotFoundError
+from accord.hooks import Hooks
 from accord.scheduling.policy import POLICIES, Policy, policy_named
 from accord.store import Store, open_store, resolve_url
+from accord.tasks.options import OPTION_NAMES, TaskOptions
 
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 
 
 class Registered(Protocol):
-    """What the layers below need of a registered task: its name and function."""
+    """What the layers below need of a registered task: its name, function
+    and options."""
 
     @property
     def name(self) -> str: ...
@@ -33,9 +36,12 @@ class Registered(Protocol):
     @property
     def fn(self) -> Callable[..., Any]: ...
 
+    @property
+    def options(self) -> TaskOptions: ...
+
 
 class Runtime:
-    """One app's name, store, limits, policy and tasks (see the module docstring)."""
+    """One app's name, store, limits, policy, tasks and hooks (see the module docstring)."""
 
     def __init__(
         self,
@@ -56,6 +62,11 @@ class Runtime:
         self.max_payload = max_payload
         self.policy = policy  # a name is looked up
         self.tasks: dict[str, Registered] = {}
+        # Plugins told of what this app's node and store do (accord.hooks);
+        # the store tells them once it is open.
+        self.hooks = Hooks(reserved=OPTION_NAMES, task_options=self._hooked_options)
+        if self._store is not None:
+            self._store.hooks.include(self.hooks)
         self.module = module
         self.closed = False
 
@@ -93,6 +104,7 @@ class Runtime:
         self.check_open()
         if self._store is None:
             self._store = open_store(self._url)
+            self._store.hooks.include(self.hooks)
         return self._store
 
     @property
@@ -129,6 +141,11 @@ class Runtime:
         if url is not None:
             self._url = url
         self.closed = False
+
+    def _hooked_options(self, queue: str, name: str) -> Mapping[str, Any]:
+        """The hook-declared options of this app's task ``name``."""
+        task = self.tasks.get(name) if queue == self.name else None
+        return {} if task is None else task.options.hooked
 
     def check_open(self) -> None:
         if self.closed:

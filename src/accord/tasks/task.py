@@ -68,6 +68,12 @@ class Task(Generic[P, R]):
     def with_options(self, **options: Any) -> Task[P, R]:
         """A copy of this task with some options changed, for one submission."""
         unknown = set(options) - OPTION_NAMES
+        hooked = sorted(unknown & set(self.runtime.hooks.declared()))
+        if hooked:
+            raise ConfigError(
+                f"option(s) {hooked} of task {self.name!r} are declared by a hook: the hook is "
+                "told them where the task is defined (@app.task(...)), not per submission"
+            )
         if unknown:
             raise ConfigError(
                 f"unknown task option(s) {sorted(unknown)}; known: {sorted(OPTION_NAMES)}"

@@ -13,8 +13,10 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from accord.hooks import TaskEvent
 from accord.scheduling.policy import NodeSpec, fits
 from accord.store.records import ClaimedTask, Completion, Outcome
+from accord.tasks.registry import Runtime
 from accord.worker.pool import Pool
 
 # Claim enough tasks to keep the slots busy for about this long, so that
@@ -27,6 +29,8 @@ MIN_PRIORITY = -(2**63)
 class Dispatch:
     """The claiming and starting part of a :class:`~accord.worker.node.Node`."""
 
+    runtime: Runtime
+    node_id: int | None
     slots: int
     spec: NodeSpec
     _stop: threading.Event
@@ -108,7 +112,23 @@ class Dispatch:
                 free[kind] = free.get(kind, 0.0) - amount
             dispatched[task.id] = now
             pool.start(task)
+            self._tell("task_started", task)
         waiting.extendleft(reversed(skipped))
+
+    def _tell(self, method: str, task: ClaimedTask) -> None:
+        """Tell the app's hooks that this node claimed or started ``task``."""
+        hooks = self.runtime.hooks
+        if hooks.wants(method):
+            event = TaskEvent(
+                task.id,
+                task.run_id,
+                task.name,
+                self.runtime.name,
+                self.runtime.store.now(),
+                node_id=self.node_id,
+                attempt=task.attempt,
+            )
+            hooks.emit(method, event)
 
     def _learn(
         self,

@@ -371,6 +371,7 @@ class Node(Leases, Dispatch, Recording):
                     done_top = MIN_PRIORITY
                     for task in claimed:
                         held[task.id] = task
+                        self._tell("task_claimed", task)
                     ahead = bool(claimed and waiting) and claimed[0].priority > waiting[-1].priority
                     if ahead:
                         # The local queue stays in priority order (stable: the

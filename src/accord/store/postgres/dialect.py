@@ -1,7 +1,8 @@
 """What PostgreSQL spells its own way: placeholders, row locks, notifications.
 
 The shared SQL (:mod:`accord.store.sql`) is written with ``?`` placeholders
-and SQLite's defaults; :class:`PgDialect` holds PostgreSQL's row-lock
+and leaves row locks to the dialect (SQLite's in
+:mod:`accord.store.sqlite.dialect`); :class:`PgDialect` holds PostgreSQL's row-lock
 suffixes and functions, :class:`_PgConn` turns the placeholders into
 psycopg's, and the statements here are the ones only PostgreSQL runs.
 """
@@ -34,7 +35,7 @@ _NOTIFY_AND_COMMIT = (
 
 class PgDialect:
     """PostgreSQL's row locks and functions for the shared SQL (see
-    :class:`~accord.store.sql.core.SqlBase`, which holds SQLite's)."""
+    :class:`~accord.store.sql.core.SqlBase`)."""
 
     lock = " FOR UPDATE"
     lock_t = " FOR UPDATE OF t"

@@ -45,21 +45,34 @@ class PgFastPaths(SqlStore):
                 "WITH done AS (UPDATE tasks AS t SET state = 'succeeded', result = v.result, "
                 f"finished_at = ?, lease_expires_at = NULL FROM {values} AS v (id, fence, result) "
                 "WHERE t.id = v.id AND t.fence = v.fence AND t.state = 'running' "
-                "RETURNING t.id, t.run_id, t.deadline_at, t.late, t.limit_key), "
-                "counted AS (UPDATE nodes SET completed = completed + "
+                "RETURNING t.id, t.run_id, t.deadline_at, t.late, t.limit_key, t.name, t.queue, "
+                "t.attempts), counted AS (UPDATE nodes SET completed = completed + "
                 "(SELECT count(*) FROM done) WHERE id = ?) "
-                "SELECT id, run_id, deadline_at, late, limit_key FROM done",
+                "SELECT id, run_id, deadline_at, late, limit_key, name, queue, attempts FROM done",
                 (tx.now, *given, node_id),
             ).fetchall()
-            for task_id, run_id, deadline_at, late, limit_key in rows:
+            durations = {done.task_id: done.duration for done in ok}
+            for task_id, run_id, deadline_at, late, limit_key, name, queue, attempts in rows:
                 self._succeeded(tx, task_id, run_id, deadline_at, late, limit_key)
+                self._tell_task(
+                    tx,
+                    "task_succeeded",
+                    (task_id, run_id, name, queue, attempts),
+                    node_id=node_id,
+                    duration=durations[task_id],
+                )
                 accepted.add(task_id)
+            for done in ok:
+                if done.task_id not in accepted:
+                    self._refused_result(tx, done)
             # Not folded into the statement above: a dependent registered by a
             # transaction that the UPDATE waited for is only seen by a later
             # statement's snapshot.
             self._settle(tx, [(task_id, "succeeded") for task_id in sorted(accepted)])
         others = [
-            self._complete(tx, done) for done in completions if done.outcome is not Outcome.OK
+            self._complete(tx, done, node_id)
+            for done in completions
+            if done.outcome is not Outcome.OK
         ]
         self._count_completed(tx, node_id, sum(others))
         results = iter(others)
@@ -76,3 +89,4 @@ class PgFastPaths(SqlStore):
             "SELECT ?, id, NULL, NULL, ?, ? FROM ended",
             (state, tx.now, error, run_id, tx.now, f"run_{state}", error),
         )
+        self._tell_run(tx, run_id, state, error)

@@ -133,6 +133,7 @@ class PgStore(PgDialect, PgConnections, SqlStateMixin, PgFastPaths):
                         conn.execute("ROLLBACK")
                         raise
                     raise _Unknown() from exc
+                self._committed(tx)
                 return result
 
         return self._retrying(attempt, "writing")

@@ -14,7 +14,7 @@ from accord.store.records import (
     Completion,
     Outcome,
 )
-from accord.store.sql.core import _Tx
+from accord.store.sql.core import TASK_ROW, _Tx
 from accord.store.sql.settle import Settling
 
 
@@ -70,7 +70,7 @@ class CompleteMixin(Settling):
     def _complete_all(self, tx: _Tx, node_id: int, completions: list[Completion]) -> list[bool]:
         """Record finished attempts (each is refused if its fence is stale)
         and count them to the node."""
-        accepted = [self._complete(tx, done) for done in completions]
+        accepted = [self._complete(tx, done, node_id) for done in completions]
         self._count_completed(tx, node_id, sum(accepted))
         return accepted
 
@@ -96,28 +96,31 @@ class CompleteMixin(Settling):
         if deadline_at is not None and deadline_at < tx.now and not late:
             self._late(tx, task_id, run_id, tx.now - deadline_at, "finished")
 
-    def _complete(self, tx: _Tx, done: Completion) -> bool:
+    def _complete(self, tx: _Tx, done: Completion, node_id: int | None = None) -> bool:
         c = tx.c
         if done.outcome is Outcome.OK:
             row = c.execute(
                 "UPDATE tasks SET state = 'succeeded', result = ?, finished_at = ?, "
                 "lease_expires_at = NULL WHERE id = ? AND fence = ? AND state = 'running' "
-                "RETURNING run_id, deadline_at, late, limit_key",
+                f"RETURNING run_id, deadline_at, late, limit_key, {TASK_ROW}",
                 (done.result, tx.now, done.task_id, done.fence),
             ).fetchone()
             if row is None:
+                self._refused_result(tx, done)
                 return False
-            self._succeeded(tx, done.task_id, *row)
+            self._succeeded(tx, done.task_id, *row[:4])
+            self._tell_task(tx, "task_succeeded", row[4:], node_id=node_id, duration=done.duration)
             self._settle(tx, [(done.task_id, "succeeded")])
             return True
         row = c.execute(
-            "SELECT run_id, attempts, max_attempts, backoff, max_backoff FROM tasks "
+            f"SELECT run_id, attempts, max_attempts, backoff, max_backoff, {TASK_ROW} FROM tasks "
             f"WHERE id = ? AND fence = ? AND state = 'running'{self.lock}",
             (done.task_id, done.fence),
         ).fetchone()
         if row is None:
+            self._refused_result(tx, done)
             return False
-        run_id, attempts, max_attempts, backoff, max_backoff = row
+        run_id, attempts, max_attempts, backoff, max_backoff = row[:5]
         tx.touched.add(run_id)
         if done.outcome is Outcome.FORWARD:
             assert done.forward_to is not None
@@ -133,7 +136,32 @@ class CompleteMixin(Settling):
                 (tx.now + delay, done.error, done.error_type, done.traceback, done.task_id),
             )
             self._event(tx, "retry", run_id, done.task_id, f"{done.error} (next in {delay:.2f}s)")
+            self._tell_task(
+                tx,
+                "task_retried",
+                row[5:],
+                node_id=node_id,
+                duration=done.duration,
+                error=done.error,
+                error_type=done.error_type,
+            )
         else:
-            self._fail(tx, done.task_id, run_id, done.error, done.error_type, done.traceback)
+            self._fail(
+                tx,
+                done.task_id,
+                run_id,
+                done.error,
+                done.error_type,
+                done.traceback,
+                node_id=node_id,
+                duration=done.duration,
+            )
             tx.work = True  # a concurrency limit it held may have room now
         return True
+
+    def _refused_result(self, tx: _Tx, done: Completion) -> None:
+        self._refused(
+            (done.task_id, done.fence),
+            f"the result of task {done.task_id} (its lease was lost or it was cancelled)",
+            tx.now,
+        )

@@ -4,8 +4,8 @@
 connection (``?`` placeholders); :class:`_Tx` is one write transaction;
 :func:`migrations` and :func:`upgrade` create and upgrade the schema.
 :class:`SqlBase` declares the plumbing a backend supplies (``_write``,
-``_read``, ``_snap``, ids) and the dialect's defaults (SQLite's), which a
-backend overrides where its SQL differs.
+``_read``, ``_snap``, ids) and the dialect attributes each backend's
+dialect module fills in (``sqlite/dialect.py``, ``postgres/dialect.py``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
+from accord.hooks import Hooks, RefusedWrite, TaskEvent
 from accord.store.base import Store
 
 T = TypeVar("T")
 
 _OPEN_STATES = "('pending', 'ready', 'running')"
+# The columns of a task that hooks are told of (SqlBase._tell_task).
+TASK_ROW = "id, run_id, name, queue, attempts"
 
 
 class Cursor(Protocol):
@@ -72,10 +75,10 @@ def upgrade(c: Conn, version: int, scripts: list[tuple[int, str]]) -> None:
 
 class _Tx:
     """One write transaction: its connection, its clock, the runs it touched,
-    whether it made tasks ready (new work for nodes) and whether it is news
-    to anyone waiting."""
+    whether it made tasks ready (new work for nodes), whether it is news to
+    anyone waiting, and the events to tell hooks once it commits."""
 
-    __slots__ = ("c", "news", "now", "touched", "work")
+    __slots__ = ("c", "news", "now", "tell", "touched", "work")
 
     def __init__(self, c: Conn, now: float) -> None:
         self.c = c
@@ -83,22 +86,23 @@ class _Tx:
         self.touched: set[int] = set()
         self.work = False  # it made tasks ready: idle nodes may claim them
         self.news = True  # it changed what someone may be waiting for
+        self.tell: list[tuple[str, Any]] = []  # (hook method, event), after commit
 
 
 class SqlBase(Store):
     """The plumbing and the dialect every part of the SQL task store uses;
     subclasses give it connections."""
 
-    # Dialect: row locks for reads that a write depends on (empty where the
-    # whole database is locked by the writer anyway).
-    lock = ""  # the rows read will be changed by this transaction
-    lock_t = ""  # the same, for the ``t`` table of a join
-    share = ""  # the rows read must not change before this transaction ends
-    skip_locked = ""  # claim rows no other claimer holds
-    skip_locked_t = ""
-    share_skip_locked = ""  # lock rows no other transaction is changing, skip the rest
-    greatest = "max"  # the larger of two values
-    claimers = 1  # claims that may race for the same candidates: read this many batches
+    # Dialect (each backend's dialect module): row locks for reads that a
+    # write depends on (empty where the writer locks the whole database).
+    lock: str  # the rows read will be changed by this transaction
+    lock_t: str  # the same, for the ``t`` table of a join
+    share: str  # the rows read must not change before this transaction ends
+    skip_locked: str  # claim rows no other claimer holds
+    skip_locked_t: str
+    share_skip_locked: str  # lock rows no other transaction is changing, skip the rest
+    greatest: str  # the larger of two values
+    claimers: int  # claims that may race for the same candidates: read this many batches
     _next_lost_sweep = 0.0  # store time of the next look for lost nodes
     _next_sweep = 0.0  # store time of the next look for expired leases and deadlines
 
@@ -106,6 +110,7 @@ class SqlBase(Store):
         # Nodes (of this process) whose last claim left ready tasks they may
         # take later: they claim again when their results go in.
         self._left_behind: set[int] = set()
+        self.hooks = Hooks()
 
     @abc.abstractmethod
     def _write(self, body: Callable[[_Tx], T]) -> T:
@@ -143,6 +148,46 @@ class SqlBase(Store):
             "VALUES (?, ?, ?, ?, ?, ?)",
             (tx.now, run_id, task_id, node_id, kind, detail),
         )
+
+    def _tell_task(
+        self,
+        tx: _Tx,
+        method: str,
+        row: tuple[Any, ...],
+        *,
+        node_id: int | None = None,
+        duration: float | None = None,
+        error: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        """Tell hooks of a task's ``method`` once ``tx`` commits; ``row`` is
+        the task's ``(id, run_id, name, queue, attempts)``."""
+        if self.hooks.wants(method):
+            task_id, run_id, name, queue, attempt = row
+            event = TaskEvent(
+                task_id,
+                run_id,
+                name,
+                queue,
+                tx.now,
+                node_id=node_id,
+                attempt=attempt,
+                duration=duration,
+                error=error,
+                error_type=error_type,
+            )
+            tx.tell.append((method, event))
+
+    def _refused(self, fence: tuple[int, int], what: str, now: float | None = None) -> None:
+        """Tell hooks, now, that a write by an attempt with a stale fence was refused."""
+        if self.hooks.wants("write_refused"):
+            at = self.now() if now is None else now
+            self.hooks.emit("write_refused", RefusedWrite(fence[0], fence[1], what, at))
+
+    def _committed(self, tx: _Tx) -> None:
+        """``tx`` committed: tell hooks what it recorded."""
+        if tx.tell:
+            self.hooks.deliver(tx.tell)
 
     def _late(self, tx: _Tx, task_id: int, run_id: int, by: float, what: str) -> None:
         tx.c.execute("UPDATE tasks SET late = 1 WHERE id = ? AND late = 0", (task_id,))

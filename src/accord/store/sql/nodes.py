@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from accord.hooks import NodeEvent
 from accord.store.sql.core import _Tx
 from accord.store.sql.settle import Settling
 
@@ -43,14 +44,10 @@ class NodesMixin(Settling):
             "AND heartbeat_at + lease_ttl < ? RETURNING id, name, heartbeat_at",
             (tx.now,),
         ).fetchall():
-            self._event(
-                tx,
-                "node_lost",
-                None,
-                None,
-                f"{name}: no heartbeat for {tx.now - heartbeat_at:.1f}s, longer than its lease",
-                node_id,
-            )
+            detail = f"{name}: no heartbeat for {tx.now - heartbeat_at:.1f}s, longer than its lease"
+            self._event(tx, "node_lost", None, None, detail, node_id)
+            if self.hooks.wants("node_lost"):
+                tx.tell.append(("node_lost", NodeEvent(node_id, name, tx.now, detail)))
 
     def _reclaim_expired(self, tx: _Tx) -> None:
         # Sweeps, a few times a second per process rather than in every claim.
@@ -66,16 +63,24 @@ class NodesMixin(Settling):
         # the task's retries. It is still bounded (MAX_LEASE_LOSSES), so that a
         # task that kills or hangs every node that runs it ends up failed.
         expired = c.execute(
-            "SELECT t.id, t.run_id, t.losses, n.name FROM tasks t "
-            "LEFT JOIN nodes n ON n.id = t.node_id "
+            "SELECT t.id, t.run_id, t.losses, n.name, t.node_id, t.name, t.queue, t.attempts "
+            "FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id "
             f"WHERE t.state = 'running' AND t.lease_expires_at < ? LIMIT ?{self.skip_locked_t}",
             (tx.now, _EXPIRED_BATCH),
         ).fetchall()
         failed = False
-        for task_id, run_id, losses, node in expired:
+        for task_id, run_id, losses, node, node_id, name, queue, attempts in expired:
             losses += 1
             why = f"lease expired on node {node} (the node died or hung; loss {losses})"
             self._event(tx, "lease_expired", run_id, task_id, why)
+            self._tell_task(
+                tx,
+                "lease_lost",
+                (task_id, run_id, name, queue, attempts),
+                node_id=node_id,
+                error=why,
+                error_type="LeaseExpired",
+            )
             if losses >= MAX_LEASE_LOSSES:
                 self._fail(
                     tx,

@@ -8,7 +8,8 @@ a cancel is one more way for a task to end."""
 from __future__ import annotations
 
 from accord.errors import NotFoundError
-from accord.store.sql.core import _OPEN_STATES, SqlBase, _Tx
+from accord.hooks import RunEvent
+from accord.store.sql.core import _OPEN_STATES, TASK_ROW, SqlBase, _Tx
 
 
 class Settling(SqlBase):
@@ -22,14 +23,26 @@ class Settling(SqlBase):
         error: str | None,
         error_type: str | None,
         traceback: str | None,
+        *,
+        node_id: int | None = None,
+        duration: float | None = None,
     ) -> None:
-        tx.c.execute(
+        row = tx.c.execute(
             "UPDATE tasks SET state = 'failed', finished_at = ?, lease_expires_at = NULL, "
-            "error = ?, error_type = ?, traceback = ? WHERE id = ?",
+            f"error = ?, error_type = ?, traceback = ? WHERE id = ? RETURNING {TASK_ROW}",
             (tx.now, error, error_type, traceback, task_id),
-        )
+        ).fetchone()
         tx.touched.add(run_id)
         self._event(tx, "failed", run_id, task_id, error)
+        self._tell_task(
+            tx,
+            "task_failed",
+            row,
+            node_id=node_id,
+            duration=duration,
+            error=error,
+            error_type=error_type,
+        )
         self._settle(tx, [(task_id, "failed")])
 
     def _forward(self, tx: _Tx, task_id: int, target: int) -> None:
@@ -95,12 +108,14 @@ class Settling(SqlBase):
                 left.pop(dep_id, None)
                 moved.add(dep_id)
                 if done_state == "succeeded" and forward_to == done_id:
-                    c.execute(
+                    # A task that returned a handle succeeds with its result.
+                    row = c.execute(
                         "UPDATE tasks SET state = 'succeeded', deps_remaining = 0, "
                         "finished_at = ?, result = (SELECT result FROM tasks WHERE id = ?) "
-                        "WHERE id = ?",
+                        f"WHERE id = ? RETURNING {TASK_ROW}",
                         (tx.now, done_id, dep_id),
-                    )
+                    ).fetchone()
+                    self._tell_task(tx, "task_succeeded", row)
                     ended.append((dep_id, "succeeded"))
                 elif done_state == "succeeded":
                     tx.work = True
@@ -110,12 +125,14 @@ class Settling(SqlBase):
                         (tx.now, dep_id),
                     )
                 elif forward_to == done_id:
-                    c.execute(
+                    row = c.execute(
                         "UPDATE tasks SET (state, error, error_type, traceback) = "
                         "(SELECT state, error, error_type, traceback FROM tasks WHERE id = ?), "
-                        "finished_at = ? WHERE id = ?",
+                        f"finished_at = ? WHERE id = ? RETURNING {TASK_ROW}, error, error_type",
                         (done_id, tx.now, dep_id),
-                    )
+                    ).fetchone()
+                    if done_state == "failed":
+                        self._tell_task(tx, "task_failed", row[:5], error=row[5], error_type=row[6])
                     ended.append((dep_id, done_state))
                 else:
                     name = c.execute("SELECT name FROM tasks WHERE id = ?", (done_id,)).fetchone()
@@ -214,6 +231,11 @@ class Settling(SqlBase):
             (state, tx.now, error, run_id),
         )
         self._event(tx, f"run_{state}", run_id, None, error)
+        self._tell_run(tx, run_id, state, error)
+
+    def _tell_run(self, tx: _Tx, run_id: int, state: str, error: str | None) -> None:
+        if self.hooks.wants("run_ended"):
+            tx.tell.append(("run_ended", RunEvent(run_id, state, tx.now, error)))
 
     # -- control ----------------------------------------------------------
     def _cancel_one(self, tx: _Tx, task_id: int, reason: str) -> bool:

@@ -186,6 +186,8 @@ class StateBase(StateStore):
 
         def _snap(self, fn: Callable[[Conn], T]) -> T: ...
 
+        def _refused(self, fence: tuple[int, int], what: str, now: float | None = None) -> None: ...
+
     # -- plumbing -----------------------------------------------------------
     def _write_if(self, body: Callable[[_Tx], tuple[bool, T]]) -> T:
         """Run ``body`` (it returns whether it changed anything, and its result)
@@ -224,6 +226,7 @@ class StateBase(StateStore):
             f"SELECT fence, state FROM tasks WHERE id = ?{self.share}", (fence[0],)
         ).fetchone()
         if row is None or row[0] != fence[1] or row[1] != "running":
+            self._refused(fence, what)
             raise _fenced(fence, what)
 
     def _meta(self, c: Conn) -> tuple[int, int, int | None]:

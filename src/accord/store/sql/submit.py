@@ -63,6 +63,7 @@ class SubmitMixin(Settling, LimitsMixin):
                 if row is None:
                     raise NotFoundError(f"parent task {parent[0]} does not exist")
                 if row[1] != parent[1] or row[2] != "running":
+                    self._refused(parent, "submission of child tasks", tx.now)
                     raise FencedError(
                         f"task {parent[0]} attempt with fence {parent[1]} no longer holds its "
                         "lease; its child tasks were not submitted",

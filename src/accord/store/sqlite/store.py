@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from accord.errors import ClosedError, SchemaError, StoreError, StoreURLError
 from accord.store.sql.core import Conn, _Tx, migrations, upgrade
 from accord.store.sql.store import SqlStore
+from accord.store.sqlite.dialect import SqliteDialect
 from accord.store.sqlite.errors import sqlite_errors
 from accord.store.sqlite.state import SqliteStateMixin
 from accord.store.sqlite.url import DEFAULT_BUSY_TIMEOUT, DEFAULT_FILE_MODE
@@ -50,7 +51,7 @@ BUSY_QUICK_FOR = 0.02
 BUSY_PAUSE_SLOW = 0.002
 
 
-class SqliteStore(SqliteStateMixin, SqlStore):
+class SqliteStore(SqliteDialect, SqliteStateMixin, SqlStore):
     """The embedded store, in one SQLite file (``sqlite:///path``)."""
 
     def __init__(
@@ -294,6 +295,7 @@ class SqliteStore(SqliteStateMixin, SqlStore):
         if tx.news:
             kinds += ("news-",)
         self._wakeups.notify(kinds)
+        self._committed(tx)
         return result
 
     def on_work(self, wake: Callable[[], None]) -> Callable[[], None]:
