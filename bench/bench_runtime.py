@@ -4,7 +4,9 @@ Prints, with durable commits (WAL, synchronous=FULL):
 - end-to-end throughput of 10,000 and 50,000 no-op tasks (submit to last result);
 - p50 and p99 of 500 sequential single-task round trips (submit -> result);
 - the time of a 1,000-wide fan-out plus fan-in workflow;
-- a node's start to its first result, and its resident memory when idle.
+- a node's start to its first result, and its resident memory when idle;
+- the machine's own baseline beside them: durable one-row commits per
+  second in plain SQLite (a round trip is at least two such commits).
 
 Each figure uses one node process (`accord worker`) with 2 slots, started
 before the clock runs unless the figure is about start-up.
@@ -25,6 +27,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from bench_state import raw_commits_per_second  # noqa: E402
 
 import accord  # noqa: E402
 import apps  # noqa: E402
@@ -137,6 +141,8 @@ def main() -> None:
             f"accord {accord.__version__} runtime benchmark: SQLite WAL synchronous=FULL, "
             f"1 node, 2 {args.mode} slots, {os.cpu_count()} CPUs"
         )
+        raw = raw_commits_per_second(Path(tmp), 1, 1.0)
+        print(f"baseline: plain SQLite commits:  {raw:8.0f} /s ({1000 / raw:.2f} ms each)")
         first, own_rss, child_rss = start_to_first_result(url, args.mode)
         print(f"node start to first result:     {first * 1000:8.1f} ms")
         print(
