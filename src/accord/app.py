@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
+from accord.data import DEFAULT_INLINE_LIMIT, Objects
 from accord.errors import ConfigError, NotFoundError
 from accord.hooks import Hook, Hooks
 from accord.messaging import Mailbox, Topic
@@ -58,11 +59,21 @@ class App:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         policy: Policy | str = "cost",
         hooks: Iterable[Hook] = (),
+        inline_limit: int = DEFAULT_INLINE_LIMIT,
+        objects: str | None = None,
     ) -> None:
         frame = inspect.currentframe()
         caller = frame.f_back if frame is not None else None
         module: str = caller.f_globals.get("__name__", "") if caller else ""
-        self.runtime = Runtime(name, store, max_payload=max_payload, policy=policy, module=module)
+        self.runtime = Runtime(
+            name,
+            store,
+            max_payload=max_payload,
+            policy=policy,
+            module=module,
+            inline_limit=inline_limit,
+            objects=objects,
+        )
         for hook in hooks:
             self.runtime.hooks.add(hook)
         register_face(self, self.runtime)
@@ -116,6 +127,11 @@ class App:
     def store_url(self) -> str:
         return self.runtime.store_url
 
+    @property
+    def objects(self) -> Objects:
+        """The object store: ``app.objects.put(value)``, ``.get(ref)``, ``.open(ref)``."""
+        return self.runtime.objects
+
     def use_store(self, url: str) -> None:
         """Use the store at ``url`` (before the app's first use; see :meth:`Runtime.use_store`)."""
         self.runtime.use_store(url)
@@ -123,15 +139,15 @@ class App:
     @property
     def state(self) -> State:
         """The app's namespace of the state store (keys under ``<app name>/``)."""
-        return State(self.store, f"{self.name}/")
+        return State(self.store, f"{self.name}/", offload=self.runtime.objects)
 
     def mailbox(self, name: str) -> Mailbox:
         """The mailbox ``name`` (store-wide): point-to-point messages."""
-        return Mailbox(self.store, name)
+        return Mailbox(self.store, name, offload=self.runtime.objects)
 
     def topic(self, name: str) -> Topic:
         """The topic ``name`` (store-wide): broadcast messages."""
-        return Topic(self.store, name)
+        return Topic(self.store, name, offload=self.runtime.objects)
 
     def close(self) -> None:
         """Close the store; the app cannot be used afterwards."""

@@ -13,6 +13,7 @@ caller will *do*::
     |   +-- ClosedError            the app or store was closed; make a new one
     +-- NotFoundError          the id or name does not exist (also a LookupError)
     |   +-- CompactedError         that revision's history was compacted; re-read
+    |   +-- ObjectNotFound         no object with that digest in the object store asked
     +-- ConflictError          someone else won a race; re-read and decide
     |   +-- FencedError            this attempt lost its lease; stop side effects
     |   +-- LeaseExpiredError      a state lease expired or was revoked; its keys are gone
@@ -20,6 +21,7 @@ caller will *do*::
     |   +-- StoreUnavailableError  the server cannot be reached; retry later
     |   +-- StorageFullError       the disk is full; free space
     |   +-- CorruptedError         stored data failed its checksum
+    |       +-- CorruptObjectError     an object's bytes do not hash to its digest
     +-- TaskError              a task did not produce a value
         +-- TaskFailed             it raised, timed out or crashed
         +-- TaskCancelled          it was cancelled (also by a failed dependency)
@@ -117,6 +119,12 @@ class CompactedError(NotFoundError):
     status_code = 410
 
 
+class ObjectNotFound(NotFoundError):
+    """No object with this digest is in the object store that was asked."""
+
+    code = "object_not_found"
+
+
 class ConflictError(AccordError):
     """A write lost a race or its expectation did not hold."""
 
@@ -165,6 +173,13 @@ class CorruptedError(StoreError):
 
     code = "corrupted"
     status_code = 500
+
+
+class CorruptObjectError(CorruptedError):
+    """An object's bytes do not hash to its digest (or are cut short): it is
+    never returned; ``accord objects verify`` lists every such object."""
+
+    code = "corrupt_object"
 
 
 class TaskError(AccordError):

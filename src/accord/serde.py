@@ -10,18 +10,60 @@ value's place.
 
 Task handles inside arguments become references to the handle's task; the
 node replaces each reference with that task's result before the call.
+
+Other layers add their own value types as MessagePack extensions
+(:func:`register_ext`: ``accord.data`` adds its ``ObjectRef``). Given an
+:class:`Offload` (an app's object store), a value whose encoding is over its
+inline limit, and any numpy array over it, is moved to the object store and
+a claim to it stored in its place; :func:`loads` with the same offload
+brings the value back.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 _EXT_NDARRAY = 1
 _EXT_TASKREF = 2
+_EXT_CLAIM = 4  # an array moved to the object store; decoded through an Offload
+_EXT_SPILLED = 5  # a whole encoding moved to the object store (only at the top)
+
+# Value types other layers register: type -> (code, to bytes); code -> from bytes.
+_ext_types: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
+_ext_codes: dict[int, Callable[[bytes], Any]] = {}
+
+
+class Offload(Protocol):
+    """Where values over the inline limit go, and come back from (an app's
+    object store): ``stash`` stores bytes and ``stash_array`` an array, each
+    returning the claim's bytes; ``fetch`` returns the array a claim stands
+    for, ``fetch_bytes`` the bytes."""
+
+    @property
+    def inline_limit(self) -> int: ...
+
+    def stash(self, data: bytes) -> bytes: ...
+
+    def stash_array(self, array: Any) -> bytes: ...
+
+    def fetch(self, claim: bytes) -> Any: ...
+
+    def fetch_bytes(self, claim: bytes) -> bytes: ...
+
+
+def register_ext(
+    cls: type, code: int, encode: Callable[[Any], bytes], decode: Callable[[bytes], Any]
+) -> None:
+    """Serialise values of ``cls`` as extension ``code`` (10 to 127)."""
+    if not 10 <= code <= 127 or (code in _ext_codes and _ext_types.get(cls, (None,))[0] != code):
+        raise ValueError(f"extension code {code} is taken or out of range (10 to 127)")
+    _ext_types[cls] = (code, encode)
+    _ext_codes[code] = decode
+
 
 _plain_encoder = msgspec.msgpack.Encoder()
 _plain_decoder = msgspec.msgpack.Decoder()
@@ -61,6 +103,9 @@ def _decode_numpy(data: memoryview | bytes) -> Any:
 
 
 def _base_enc_hook(obj: Any) -> Any:
+    registered = _ext_types.get(type(obj))
+    if registered is not None:
+        return msgspec.msgpack.Ext(registered[0], registered[1](obj))
     encoded = _encode_numpy(obj)
     if encoded is not None:
         return encoded
@@ -70,11 +115,61 @@ def _base_enc_hook(obj: Any) -> Any:
 def _base_ext_hook(code: int, data: memoryview) -> Any:
     if code == _EXT_NDARRAY:
         return _decode_numpy(data)
+    decode = _ext_codes.get(code)
+    if decode is not None:
+        return decode(bytes(data))
+    if code in (_EXT_CLAIM, _EXT_SPILLED):
+        raise TypeError(
+            "the value was moved to the object store (it is over the inline limit); "
+            "read it through the app that wrote it (app.state, a handle, a mailbox)"
+        )
     raise TypeError(f"unknown extension type {code} in a stored value")
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=_base_enc_hook)
 _decoder = msgspec.msgpack.Decoder(ext_hook=_base_ext_hook)
+
+
+def _offload_hooks(
+    offload: Offload, base_enc: Callable[[Any], Any] = _base_enc_hook
+) -> Callable[[Any], Any]:
+    """An encoder hook that moves numpy arrays over the inline limit to ``offload``."""
+    limit = offload.inline_limit
+
+    def hook(obj: Any) -> Any:
+        np = _numpy()
+        if np is not None and isinstance(obj, np.ndarray) and obj.nbytes > limit:
+            return msgspec.msgpack.Ext(_EXT_CLAIM, offload.stash_array(obj))
+        return base_enc(obj)
+
+    return hook
+
+
+def _claims(
+    offload: Offload | None, base_ext: Callable[[int, memoryview], Any] = _base_ext_hook
+) -> Callable[[int, memoryview], Any]:
+    def hook(code: int, data: memoryview) -> Any:
+        if code == _EXT_CLAIM and offload is not None:
+            return offload.fetch(bytes(data))
+        return base_ext(code, data)
+
+    return hook
+
+
+def _spill(data: bytes, offload: Offload | None) -> bytes:
+    """``data`` itself, or a claim to it if it is over the inline limit."""
+    if offload is None or len(data) <= offload.inline_limit:
+        return data
+    return _plain_encoder.encode(msgspec.msgpack.Ext(_EXT_SPILLED, offload.stash(data)))
+
+
+def _unspill(data: bytes | memoryview, offload: Offload | None) -> bytes | memoryview:
+    """The encoding a claim made by :func:`_spill` stands for (else ``data``)."""
+    if offload is None or len(data) < 3 or data[0] != 0xC7 or data[2] != _EXT_SPILLED:
+        return data
+    if len(data) != 3 + data[1]:
+        return data
+    return offload.fetch_bytes(bytes(data[3:]))
 
 
 def _describe(exc: Exception) -> str:
@@ -86,19 +181,29 @@ def _describe(exc: Exception) -> str:
     return text
 
 
-def dumps(value: Any, *, what: str = "value") -> bytes:
-    """Serialise ``value``; raise ``TypeError`` naming ``what`` if it cannot be."""
+def dumps(value: Any, *, what: str = "value", offload: Offload | None = None) -> bytes:
+    """Serialise ``value``; raise ``TypeError`` naming ``what`` if it cannot be.
+
+    With ``offload``, what is over its inline limit goes there (see the module
+    docstring)."""
+    encoder = (
+        _encoder if offload is None else msgspec.msgpack.Encoder(enc_hook=_offload_hooks(offload))
+    )
     try:
-        return _encoder.encode(value)
+        data = encoder.encode(value)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise TypeError(f"{what} cannot be serialised: {_describe(exc)}") from exc
+    return _spill(data, offload)
 
 
-def loads(data: bytes | memoryview | None) -> Any:
-    """Deserialise a value written by :func:`dumps` (``None`` stays ``None``)."""
+def loads(data: bytes | memoryview | None, offload: Offload | None = None) -> Any:
+    """Deserialise a value written by :func:`dumps` (``None`` stays ``None``),
+    fetching what was moved to ``offload``."""
     if data is None:
         return None
-    return _decoder.decode(data)
+    if offload is None:
+        return _decoder.decode(data)
+    return msgspec.msgpack.Decoder(ext_hook=_claims(offload)).decode(_unspill(data, offload))
 
 
 def dumps_args(
@@ -108,6 +213,7 @@ def dumps_args(
     is_ref: Callable[[Any], bool],
     ref_key: Callable[[Any], object],
     task_name: str,
+    offload: Offload | None = None,
 ) -> tuple[bytes, list[Any]]:
     """Serialise a call's arguments, turning task handles into references.
 
@@ -130,9 +236,11 @@ def dumps_args(
     for name in kwargs:
         if not isinstance(name, str):
             raise TypeError(f"keyword names of {task_name}() must be strings")
-    encoder = msgspec.msgpack.Encoder(enc_hook=hook)
+    encoder = msgspec.msgpack.Encoder(
+        enc_hook=hook if offload is None else _offload_hooks(offload, hook)
+    )
     try:
-        return encoder.encode([list(args), kwargs]), refs
+        return _spill(encoder.encode([list(args), kwargs]), offload), refs
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         # Find the argument at fault, so that the message names it.
         for position, arg in enumerate(args):
@@ -149,13 +257,17 @@ def _check(encoder: msgspec.msgpack.Encoder, value: Any, what: str) -> None:
         raise TypeError(f"{what} cannot be serialised: {_describe(exc)}") from exc
 
 
-def loads_args(data: bytes, dep_results: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
-    """Deserialise arguments, putting each dependency's result in its place."""
+def loads_args(
+    data: bytes, dep_results: Sequence[Any], offload: Offload | None = None
+) -> tuple[list[Any], dict[str, Any]]:
+    """Deserialise arguments, putting each dependency's result in its place
+    (and fetching what was moved to ``offload``)."""
 
     def hook(code: int, raw: memoryview) -> Any:
         if code == _EXT_TASKREF:
             return dep_results[int.from_bytes(raw, "big")]
         return _base_ext_hook(code, raw)
 
-    args, kwargs = msgspec.msgpack.Decoder(ext_hook=hook).decode(data)
+    decoder = msgspec.msgpack.Decoder(ext_hook=_claims(offload, hook))
+    args, kwargs = decoder.decode(_unspill(data, offload))
     return args, kwargs

@@ -13,7 +13,8 @@ from typing import Any
 
 import accord
 
-app = accord.App("bad_data")
+# Results over 64 KiB but under the inline limit are refused (ResultTooLarge).
+app = accord.App("bad_data", max_payload=64 * 1024, inline_limit=1024 * 1024)
 
 # What os.listdir returns for a file name that is not valid UTF-8.
 UNDECODABLE = os.fsdecode(b"caf\xe9.txt")

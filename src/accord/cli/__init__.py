@@ -9,12 +9,13 @@ One module per group of commands: :mod:`~accord.cli.runs`,
 
 from __future__ import annotations
 
-from accord.cli import demo, nodes, runs, state
+from accord.cli import demo, nodes, objects, runs, state
 from accord.cli.common import cli
 
-__all__ = ["cli", "demo", "main", "nodes", "runs", "state"]
+__all__ = ["cli", "demo", "main", "nodes", "objects", "runs", "state"]
 
 state.register(cli)  # accord state | mailbox | topic ...
+objects.register(cli)  # accord objects ...
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import typer
 from rich.table import Table
 
 from accord.cli.common import StoreOpt, command_group, err, out, parse_value, user_errors
+from accord.data import Objects
 from accord.errors import ConfigError
 from accord.messaging import Mailbox, Topic
 from accord.state import Change, Entry, State
@@ -50,7 +51,7 @@ def _store(url: str | None) -> Iterator[Store]:
 
 
 def _namespace(store: Store, app: str | None, run: int | None, agent: str | None) -> State:
-    state = State(store)
+    state = State(store, offload=Objects(store))
     if run is not None:
         if app is None:
             app = store.run(run).app
@@ -287,7 +288,7 @@ def mailbox_send(
 ) -> None:
     """Send one message; print its id."""
     with _store(store) as s:
-        out.print(Mailbox(s, name).send(parse_value(payload), id=msg_id))
+        out.print(Mailbox(s, name, offload=Objects(s)).send(parse_value(payload), id=msg_id))
 
 
 @topic_cli.command("publish")
@@ -299,7 +300,8 @@ def topic_publish(
 ) -> None:
     """Publish one message; print its offset."""
     with _store(store) as s:
-        out.print(Topic(s, name).publish(parse_value(payload), id=msg_id))
+        topic = Topic(s, name, offload=Objects(s))
+        out.print(topic.publish(parse_value(payload), id=msg_id))
 
 
 @topic_cli.command("tail")
@@ -311,7 +313,7 @@ def topic_tail(
 ) -> None:
     """Print messages of a topic as JSON lines, without subscribing."""
     with _store(store) as s:
-        topic = Topic(s, name)
+        topic = Topic(s, name, offload=Objects(s))
         first, nxt = topic.offsets()
         start = max(first, nxt - limit) if from_offset is None else from_offset
         for m in topic.read(start, limit):
@@ -326,7 +328,7 @@ def topic_info(
 ) -> None:
     """Print the topic's offsets and its subscribers' positions."""
     with _store(store) as s:
-        topic = Topic(s, name)
+        topic = Topic(s, name, offload=Objects(s))
         first, nxt = topic.offsets()
         info = {"first_offset": first, "next_offset": nxt, "subscribers": topic.subscribers()}
         out.print(_json(info), soft_wrap=True)

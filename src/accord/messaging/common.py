@@ -41,13 +41,14 @@ def checksum(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=16).digest()
 
 
-def encode(payload: Any, where: str, limit: int) -> bytes:
-    data = serde.dumps(payload, what=f"the payload for {where}")
+def encode(payload: Any, where: str, limit: int, offload: serde.Offload | None = None) -> bytes:
+    data = serde.dumps(payload, what=f"the payload for {where}", offload=offload)
     if len(data) > limit:
         raise PayloadTooLargeError(
             f"the payload for {where} takes {len(data)} bytes, over the limit of {limit}; "
-            "write large data where every receiver can read it (a shared file system or a "
-            "bucket) and send its path",
+            "put large data in the object store (app.objects.put) and send its reference: "
+            "app.mailbox and app.topic do that by themselves for payloads over the app's "
+            "inline_limit",
             size=len(data),
             limit=limit,
         )
@@ -60,18 +61,28 @@ def message_id(msg_id: object) -> str:
     return check_key(msg_id, "message id", limit=MAX_NAME_BYTES)
 
 
-def decode(payload: bytes | None, digest: bytes, where: str, msg_id: str) -> Any:
+def decode(
+    payload: bytes | None,
+    digest: bytes,
+    where: str,
+    msg_id: str,
+    offload: serde.Offload | None = None,
+) -> Any:
     if payload is None or checksum(payload) != bytes(digest):
         raise CorruptedError(
             f"message {msg_id!r} in {where} does not match its checksum: the store's data "
             "is damaged; check the disk and restore the store from a backup",
             msg_id=msg_id,
         )
-    return serde.loads(payload)
+    return serde.loads(payload, offload)
 
 
 def outgoing(
-    payloads: Sequence[Any], ids: Sequence[str | None] | None, where: str, limit: int
+    payloads: Sequence[Any],
+    ids: Sequence[str | None] | None,
+    where: str,
+    limit: int,
+    offload: serde.Offload | None = None,
 ) -> list[OutMessage]:
     if ids is not None and len(ids) != len(payloads):
         raise ConfigError(f"got {len(payloads)} payloads but {len(ids)} ids; give one id each")
@@ -79,7 +90,7 @@ def outgoing(
         raise ConfigError(f"at most {MAX_BATCH} messages per call, not {len(payloads)}")
     out = []
     for i, payload in enumerate(payloads):
-        data = encode(payload, where, limit)
+        data = encode(payload, where, limit, offload)
         out.append(OutMessage(message_id(ids[i] if ids else None), data, checksum(data)))
     return out
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from accord import _attempt, _checks
+from accord import _attempt, _checks, serde
 from accord._checks import check_delay, check_int, check_seconds, check_timeout
 from accord.errors import ConfigError
 from accord.messaging.common import (
@@ -62,11 +62,17 @@ class Mailbox:
     """A point-to-point mailbox (see the module docstring); ``app.mailbox(name)``."""
 
     def __init__(
-        self, store: Store | StateStore, name: str, *, max_payload: int = MAX_PAYLOAD_BYTES
+        self,
+        store: Store | StateStore,
+        name: str,
+        *,
+        max_payload: int = MAX_PAYLOAD_BYTES,
+        offload: serde.Offload | None = None,
     ) -> None:
         self._store = state_store(store)
         self.name = _checks.check_name(name, "mailbox name")
         self.max_payload = max_payload
+        self.offload = offload  # where payloads over the inline limit go
         self._sends = 0
 
     def __repr__(self) -> str:
@@ -88,7 +94,7 @@ class Mailbox:
         self, payloads: Sequence[Any], ids: Sequence[str | None] | None = None
     ) -> list[str]:
         """Send several messages in one commit (in this order); return their ids."""
-        out = outgoing(payloads, ids, f"mailbox {self.name!r}", self.max_payload)
+        out = outgoing(payloads, ids, f"mailbox {self.name!r}", self.max_payload, self.offload)
         if not out:
             return []
         self._store.mailbox_send(self.name, out, fence=self._fence())
@@ -145,7 +151,7 @@ class Mailbox:
     def _message(self, row: MailboxRow) -> Message:
         where = f"mailbox {self.name!r}"
         return Message(
-            decode(row.payload, row.checksum, where, row.msg_id),
+            decode(row.payload, row.checksum, where, row.msg_id, self.offload),
             row.msg_id,
             row.seq,
             row.deliveries,

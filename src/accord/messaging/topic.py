@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from accord import _attempt, _checks
+from accord import _attempt, _checks, serde
 from accord._checks import check_int, check_key, check_timeout
 from accord.messaging.common import (
     MAX_BATCH,
@@ -41,11 +41,17 @@ class Topic:
     """A broadcast topic (see the module docstring); ``app.topic(name)``."""
 
     def __init__(
-        self, store: Store | StateStore, name: str, *, max_payload: int = MAX_PAYLOAD_BYTES
+        self,
+        store: Store | StateStore,
+        name: str,
+        *,
+        max_payload: int = MAX_PAYLOAD_BYTES,
+        offload: serde.Offload | None = None,
     ) -> None:
         self._store = state_store(store)
         self.name = _checks.check_name(name, "topic name")
         self.max_payload = max_payload
+        self.offload = offload  # where payloads over the inline limit go
 
     def __repr__(self) -> str:
         return f"<Topic {self.name!r}>"
@@ -62,7 +68,7 @@ class Topic:
         self, payloads: Sequence[Any], ids: Sequence[str | None] | None = None
     ) -> list[int]:
         """Publish several messages in one commit, in this order; return their offsets."""
-        out = outgoing(payloads, ids, f"topic {self.name!r}", self.max_payload)
+        out = outgoing(payloads, ids, f"topic {self.name!r}", self.max_payload, self.offload)
         if not out:
             return []
         return [
@@ -70,7 +76,9 @@ class Topic:
         ]
 
     def _row(self, row: TopicRow) -> TopicMessage:
-        payload = decode(row.payload, row.checksum, f"topic {self.name!r}", row.msg_id)
+        payload = decode(
+            row.payload, row.checksum, f"topic {self.name!r}", row.msg_id, self.offload
+        )
         return TopicMessage(row.offset, row.msg_id, payload, row.published_at)
 
     def read(self, from_offset: int = 0, limit: int = 100) -> list[TopicMessage]:

@@ -47,7 +47,12 @@ class State:
     """
 
     def __init__(
-        self, store: Store | StateStore, prefix: str = "", *, max_value: int = MAX_VALUE_BYTES
+        self,
+        store: Store | StateStore,
+        prefix: str = "",
+        *,
+        max_value: int = MAX_VALUE_BYTES,
+        offload: serde.Offload | None = None,
     ) -> None:
         if not isinstance(store, StateStore):
             raise ConfigError(f"the store {store!r} has no state store")
@@ -56,6 +61,8 @@ class State:
         self._store = store
         self.prefix = prefix
         self.max_value = max_value
+        # Where values over the inline limit go (the app's object store), if anywhere.
+        self.offload = offload
 
     def __repr__(self) -> str:
         return f"<State {self.prefix or '(root)'} at {self._store.url}>"
@@ -68,7 +75,9 @@ class State:
     def scope(self, name: str) -> State:
         """The namespace ``name`` inside this one (keys under ``<prefix><name>/``)."""
         check_key(name, "namespace")
-        return State(self._store, f"{self.prefix}{name}/", max_value=self.max_value)
+        return State(
+            self._store, f"{self.prefix}{name}/", max_value=self.max_value, offload=self.offload
+        )
 
     def run(self, run_id: int) -> State:
         """The namespace of a run: ``runs/<run_id>/``."""
@@ -101,12 +110,15 @@ class State:
         return key[len(self.prefix) :]
 
     def _encode(self, key: str, value: Any) -> bytes:
-        data = serde.dumps(value, what=f"the value of state key {self._rel(key)!r}")
+        data = serde.dumps(
+            value, what=f"the value of state key {self._rel(key)!r}", offload=self.offload
+        )
         if len(data) > self.max_value:
             raise PayloadTooLargeError(
                 f"the value of state key {self._rel(key)!r} takes {len(data)} bytes, over the "
-                f"limit of {self.max_value}; write large data where every node can read it "
-                "(a shared file system or a bucket) and keep its path here",
+                f"limit of {self.max_value}; put large data in the object store "
+                "(app.objects.put) and keep its reference here: app.state does that by itself "
+                "for values over the app's inline_limit",
                 key=key,
                 size=len(data),
                 limit=self.max_value,
@@ -120,7 +132,7 @@ class State:
     def _entry(self, row: KvRow) -> Entry:
         return Entry(
             self._rel(row.key),
-            serde.loads(row.value),
+            serde.loads(row.value, self.offload),
             row.revision,
             row.version,
             row.create_revision,
@@ -128,7 +140,14 @@ class State:
         )
 
     def _change(self, c: KvChange) -> Change:
-        return Change(c.kind, self._rel(c.key), serde.loads(c.value), c.revision, c.version, c.at)
+        return Change(
+            c.kind,
+            self._rel(c.key),
+            serde.loads(c.value, self.offload),
+            c.revision,
+            c.version,
+            c.at,
+        )
 
     def _revision_arg(self, revision: object, what: str) -> int | None:
         if revision is None:

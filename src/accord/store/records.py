@@ -360,3 +360,16 @@ class SubscriberRow:
     subscriber: str
     next_offset: int
     updated_at: float
+
+
+@dataclass(slots=True, frozen=True)
+class ObjectRow:
+    """One object of the object store, as its catalogue records it."""
+
+    digest: str  # sha256 of the stored bytes, hex
+    size: int
+    kind: str  # "bytes", "ndarray" or "value"
+    location: str  # what holds the bytes: "database", a directory or a URL
+    created_at: float
+    touched_at: float  # the last put of it
+    pinned: bool

@@ -226,7 +226,9 @@ class TaskContext:
         Writes through it (like every state write and message sent from inside
         the attempt) carry the attempt's fence.
         """
-        return State(self.runtime.store, f"{self.runtime.name}/").run(self.run_id)
+        return State(self.runtime.store, f"{self.runtime.name}/", offload=self.runtime.objects).run(
+            self.run_id
+        )
 
 
 class _Blocking:

@@ -48,10 +48,10 @@ def wait_until(
     return found
 
 
-def outcome(row: TaskResult, name: str) -> Any:
+def outcome(row: TaskResult, name: str, offload: serde.Offload | None = None) -> Any:
     """The value of a finished task, or its error raised."""
     if row.state is TaskState.SUCCEEDED:
-        return serde.loads(row.result)
+        return serde.loads(row.result, offload)
     if row.state is TaskState.CANCELLED:
         raise TaskCancelled(
             f"task {row.id} ({name}) was cancelled: {row.error or 'no reason given'}",
@@ -157,7 +157,7 @@ class Handle(Generic[R]):
                     row = wait_until(store, check, timeout, what, looked=True)
             else:
                 row = wait_until(store, check, timeout, what, looked=True)
-        value: R = outcome(row, self._name)
+        value: R = outcome(row, self._name, self._runtime.objects)
         return value
 
 
@@ -205,10 +205,11 @@ class Run:
         info = store.run(self.id)
         if info.root_task_id is not None:
             root = store.results([info.root_task_id])[0]
-            return outcome(root, info.name)
+            return outcome(root, info.name, self._runtime.objects)
         tasks = store.tasks(self.id)
         rows = store.results([t.id for t in tasks])
         by_id = {row.id: row for row in rows}
-        return [outcome(by_id[t.id], t.name) for t in tasks]
+        objects = self._runtime.objects
+        return [outcome(by_id[t.id], t.name, objects) for t in tasks]
 
     result = wait

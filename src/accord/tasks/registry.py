@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 from accord._checks import check_name, check_payload_limit
+from accord.data import DEFAULT_INLINE_LIMIT, Objects
 from accord.errors import ClosedError, ConfigError, NotFoundError
 from accord.hooks import Hooks
 from accord.scheduling.policy import POLICIES, Policy, policy_named
@@ -51,6 +52,8 @@ class Runtime:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         policy: Policy | str = "cost",
         module: str = "",
+        inline_limit: int = DEFAULT_INLINE_LIMIT,
+        objects: str | None = None,
     ) -> None:
         # One rule for every name (accord._checks.check_name): an app name is
         # also its tasks' queue and its state's namespace.
@@ -60,6 +63,9 @@ class Runtime:
         if self._url is not None and not isinstance(self._url, str):
             raise ConfigError(f"store must be a URL string or a Store, not {store!r}")
         self.max_payload = max_payload
+        self.inline_limit = check_payload_limit(inline_limit, "inline_limit")
+        self._objects_url = objects
+        self._objects: Objects | None = None
         self.policy = policy  # a name is looked up
         self.tasks: dict[str, Registered] = {}
         # Plugins told of what this app's node and store do (accord.hooks);
@@ -106,6 +112,15 @@ class Runtime:
             self._store = open_store(self._url)
             self._store.hooks.include(self.hooks)
         return self._store
+
+    @property
+    def objects(self) -> Objects:
+        """The object store (beside the store unless ``ACCORD_OBJECTS`` names
+        another place), opened on first use."""
+        if self._objects is None or self._objects.store is not self.store:
+            store = self.store
+            self._objects = Objects(store, self._objects_url, inline_limit=self.inline_limit)
+        return self._objects
 
     @property
     def store_url(self) -> str:

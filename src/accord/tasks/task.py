@@ -86,13 +86,20 @@ class Task(Generic[P, R]):
     def _new_task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[NewTask, list[Any]]:
         opts = self.options
         data, refs = serde.dumps_args(
-            args, kwargs, is_ref=_is_handle, ref_key=_ref_key, task_name=self.name
+            args,
+            kwargs,
+            is_ref=_is_handle,
+            ref_key=_ref_key,
+            task_name=self.name,
+            offload=self.runtime.objects,
         )
         limit = self.runtime.max_payload
         if len(data) > limit:
             raise PayloadTooLargeError(
                 f"the arguments of {self.name}() take {len(data)} bytes, over the limit of "
-                f"{limit}; put large data in the object store and pass a reference"
+                f"{limit}; arguments over the app's inline_limit move through the object store "
+                "by themselves: keep inline_limit below max_payload, or pass an ObjectRef "
+                "(app.objects.put)"
             )
         size = opts.size
         if callable(size):

@@ -48,8 +48,9 @@ def execute(
             retryable=False,
         )
     try:
-        deps = [serde.loads(raw) for raw in task.dep_results]
-        args, kwargs = serde.loads_args(task.args, deps)
+        objects = runtime.objects
+        deps = [serde.loads(raw, objects) for raw in task.dep_results]
+        args, kwargs = serde.loads_args(task.args, deps, objects)
     except Exception as exc:
         return _error(
             task,
@@ -140,7 +141,7 @@ def _value(runtime: Runtime, task: ClaimedTask, value: Any) -> Completion:
             trace=False,
         )
     try:
-        data = serde.dumps(value, what=f"the result of {task.name}()")
+        data = serde.dumps(value, what=f"the result of {task.name}()", offload=runtime.objects)
     except Exception as exc:
         # serde names the value's fault (a TypeError); anything else is a value
         # whose own methods fail while it is serialised.
@@ -152,7 +153,9 @@ def _value(runtime: Runtime, task: ClaimedTask, value: Any) -> Completion:
         return _error(
             task,
             f"the result takes {len(data)} bytes, over the limit of {runtime.max_payload}; "
-            "put large data in the object store and return a reference",
+            "results over the app's inline_limit move through the object store by "
+            "themselves: keep inline_limit below max_payload, or return an ObjectRef "
+            "(app.objects.put)",
             "ResultTooLarge",
             retryable=False,
             trace=False,

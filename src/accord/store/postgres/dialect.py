@@ -38,6 +38,7 @@ class PgDialect:
     :class:`~accord.store.sql.core.SqlBase`)."""
 
     lock = " FOR UPDATE"
+    blob_contains = "position(?::bytea in {col}) > 0"
     lock_t = " FOR UPDATE OF t"
     share = " FOR SHARE"
     skip_locked = " FOR UPDATE SKIP LOCKED"

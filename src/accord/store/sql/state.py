@@ -66,17 +66,19 @@ from __future__ import annotations
 from accord.store.sql.history import HistoryMixin
 from accord.store.sql.kv import KvMixin
 from accord.store.sql.mailboxes import MailboxMixin
+from accord.store.sql.objects import ObjectsMixin
 from accord.store.sql.topics import TopicMixin
 from accord.store.sql.txn import TxnMixin
 
 
-class SqlStateMixin(TxnMixin, HistoryMixin, KvMixin, MailboxMixin, TopicMixin):
+class SqlStateMixin(TxnMixin, HistoryMixin, KvMixin, MailboxMixin, TopicMixin, ObjectsMixin):
     """The state store and messaging over a :class:`~accord.store.sql.store.SqlStore`.
 
     Composed of one mixin per concern: reads of keys
     (:class:`~accord.store.sql.kv.KvMixin`), transactions
     (:class:`~accord.store.sql.txn.TxnMixin`), history, compaction and
-    snapshots (:class:`~accord.store.sql.history.HistoryMixin`), leases
+    snapshots (:class:`~accord.store.sql.history.HistoryMixin`), the object
+    catalogue (:class:`~accord.store.sql.objects.ObjectsMixin`), leases
     (:class:`~accord.store.sql.leases.LeasesMixin`), mailboxes and topics, all
     on :class:`~accord.store.sql.state_core.StateBase`.
     """

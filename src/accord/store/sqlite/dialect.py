@@ -15,6 +15,7 @@ class SqliteDialect:
     :class:`~accord.store.sql.core.SqlBase`)."""
 
     lock = ""
+    blob_contains = "instr({col}, ?) > 0"
     lock_t = ""
     share = ""
     skip_locked = ""

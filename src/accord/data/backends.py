@@ -1,0 +1,447 @@
+"""Where the bytes of objects live: a directory, the database, or an fsspec URL.
+
+Every backend writes an object's bytes under a temporary name, makes them
+durable, and only then publishes them under their digest, so a reader never
+sees part of an object under its digest. The catalogue row (in the store)
+is recorded between the two: see :mod:`accord.data.objects` for why.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from accord.errors import ConfigError, ObjectNotFound, StorageFullError, StoreError
+from accord.store.sql.objects import ObjectsMixin
+
+CHUNK = 1024 * 1024
+
+
+def os_error(exc: OSError, where: str) -> Exception:
+    """A clear accord error for a failed write or read at ``where``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(
+            f"no space left for the object store at {where}; free space or point "
+            "ACCORD_OBJECTS at a larger volume (nothing was half-written)",
+            path=where,
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return ConfigError(
+            f"the object store at {where} cannot be written ({exc.strerror}); make it "
+            "writable or point ACCORD_OBJECTS at a writable volume",
+            path=where,
+        )
+    return StoreError(f"the object store at {where} failed: {exc}", path=where)
+
+
+class Backend(abc.ABC):
+    """The bytes of objects, by digest."""
+
+    location: str  # what ``accord objects`` prints as where objects live
+
+    @abc.abstractmethod
+    def begin(self) -> Upload:
+        """A new object being written under a temporary name."""
+
+    @abc.abstractmethod
+    def has(self, digest: str) -> bool: ...
+
+    @abc.abstractmethod
+    def open(self, digest: str) -> IO[bytes]:
+        """The stored bytes, unverified; :class:`ObjectNotFound` if absent."""
+
+    @abc.abstractmethod
+    def hide(self, digest: str) -> str | None:
+        """Move the bytes aside (the collector's first step); the token to
+        :meth:`restore` or :meth:`drop` them, None if there were none."""
+
+    @abc.abstractmethod
+    def restore(self, digest: str, token: str) -> None: ...
+
+    @abc.abstractmethod
+    def drop(self, token: str) -> None: ...
+
+    @abc.abstractmethod
+    def digests(self) -> Iterator[str]:
+        """Every digest whose bytes are here."""
+
+    def path(self, digest: str) -> str | None:
+        """A local file that holds the bytes (for memory maps), if there is one."""
+        return None
+
+    def missing(self, digest: str) -> ObjectNotFound:
+        return ObjectNotFound(
+            f"object {digest} is not in the object store at {self.location}; was it put "
+            "through another store (ACCORD_OBJECTS), or collected by `accord objects gc` "
+            "while nothing referenced it?",
+            digest=digest,
+            location=self.location,
+        )
+
+
+class Upload(abc.ABC):
+    """Bytes being written; ``publish`` makes them the object ``digest``."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    @abc.abstractmethod
+    def finish(self) -> None:
+        """Make what was written durable (not yet visible under a digest)."""
+
+    @abc.abstractmethod
+    def publish(self, digest: str) -> None: ...
+
+    @abc.abstractmethod
+    def abort(self) -> None: ...
+
+
+# -- a directory --------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalDir(Backend):
+    """A directory, sharded by the digest's first two bytes (``ab/cd/<digest>``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.location = str(self.root)
+        self._tmp = self.root / "tmp"
+        self._trash = self.root / "trash"
+
+    def _file(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest[2:4] / digest
+
+    def begin(self) -> Upload:
+        try:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            return _LocalUpload(self, self._tmp / f"{uuid.uuid4().hex}.part")
+        except OSError as exc:
+            raise os_error(exc, self.location) from exc
+
+    def has(self, digest: str) -> bool:
+        return self._file(digest).is_file()
+
+    def path(self, digest: str) -> str | None:
+        return str(self._file(digest))
+
+    def open(self, digest: str) -> IO[bytes]:
+        try:
+            return self._file(digest).open("rb")
+        except FileNotFoundError:
+            raise self.missing(digest) from None
+        except OSError as exc:
+            raise os_error(exc, self.location) from exc
+
+    def hide(self, digest: str) -> str | None:
+        self._trash.mkdir(parents=True, exist_ok=True)
+        token = str(self._trash / f"{digest}.{uuid.uuid4().hex}")
+        try:
+            os.rename(self._file(digest), token)
+        except FileNotFoundError:
+            return None
+        return token
+
+    def restore(self, digest: str, token: str) -> None:
+        final = self._file(digest)
+        if final.exists():  # written again meanwhile: the same bytes
+            self.drop(token)
+        else:
+            os.rename(token, final)
+
+    def drop(self, token: str) -> None:
+        try:
+            os.unlink(token)
+        except FileNotFoundError:
+            pass
+
+    def digests(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for first in sorted(self.root.iterdir()):
+            if len(first.name) != 2 or not first.is_dir():
+                continue
+            for second in sorted(first.iterdir()):
+                for file in sorted(second.iterdir()):
+                    if len(file.name) == 64:
+                        yield file.name
+
+    def clear_parts(self, older_than: float) -> int:
+        """Remove temporary files of puts that died before publishing."""
+        removed = 0
+        for place in (self._tmp, self._trash):
+            if not place.is_dir():
+                continue
+            for file in place.iterdir():
+                try:
+                    if file.stat().st_mtime < older_than:
+                        file.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+
+class _LocalUpload(Upload):
+    def __init__(self, backend: LocalDir, path: Path) -> None:
+        self.backend = backend
+        self.path = path
+        self.file: io.BufferedWriter | None = None
+        try:
+            self.file = path.open("xb")
+        except OSError as exc:
+            raise os_error(exc, backend.location) from exc
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self.file is not None
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            raise os_error(exc, self.backend.location) from exc
+
+    def finish(self) -> None:
+        assert self.file is not None
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+        except OSError as exc:
+            raise os_error(exc, self.backend.location) from exc
+
+    def publish(self, digest: str) -> None:
+        final = self.backend._file(digest)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise os_error(exc, self.backend.location) from exc
+
+    def abort(self) -> None:
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# -- the database -------------------------------------------------------------
+class Database(Backend):
+    """Chunks of 1 MiB in the store's own database (PostgreSQL's default):
+    every host that reaches the store reaches every object."""
+
+    location = "database"
+
+    def __init__(self, store: ObjectsMixin) -> None:
+        self.store = store
+        self.location = f"the database of {store.url}"
+
+    def begin(self) -> Upload:
+        return DbUpload(self.store)
+
+    def has(self, digest: str) -> bool:
+        row = self.store.object_row(digest)
+        return row is not None and row.location == "database"
+
+    def open(self, digest: str) -> IO[bytes]:
+        if self.store.object_chunk(digest, 0) is None and not self.has(digest):
+            raise self.missing(digest)
+        return _DbReader(self.store, digest)  # type: ignore[return-value]
+
+    # Rows and chunks go in one transaction (object_forget): nothing to hide.
+    def hide(self, digest: str) -> str | None:
+        return None
+
+    def restore(self, digest: str, token: str) -> None:
+        pass
+
+    def drop(self, token: str) -> None:
+        pass
+
+    def digests(self) -> Iterator[str]:
+        for row in self.store.object_rows():
+            if row.location == "database":
+                yield row.digest
+
+
+class DbUpload(Upload):
+    """Chunks written under ``upload:<id>``; the commit renames them (with the
+    catalogue row, in one transaction: see :meth:`Objects._record`)."""
+
+    def __init__(self, store: ObjectsMixin) -> None:
+        self.store = store
+        self.name = store.object_upload()
+        self.seq = 0
+        self.buffer = bytearray()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.buffer += data
+        while len(self.buffer) >= CHUNK:
+            self.store.object_chunk_write(self.name, self.seq, bytes(self.buffer[:CHUNK]))
+            del self.buffer[:CHUNK]
+            self.seq += 1
+
+    def finish(self) -> None:
+        if self.buffer or self.seq == 0:
+            self.store.object_chunk_write(self.name, self.seq, bytes(self.buffer))
+            self.buffer.clear()
+            self.seq += 1
+
+    def publish(self, digest: str) -> None:
+        pass  # the catalogue's commit publishes (object_chunks_commit)
+
+    def abort(self) -> None:
+        self.store.object_uploads_drop(0.0, upload=self.name)
+
+
+class _DbReader(io.RawIOBase):
+    def __init__(self, store: ObjectsMixin, digest: str) -> None:
+        self.store = store
+        self.digest = digest
+        self.seq = 0
+        self.pending = b""
+        self.done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending and not self.done:
+            chunk = self.store.object_chunk(self.digest, self.seq)
+            if chunk is None:
+                self.done = True
+            else:
+                self.pending = chunk
+                self.seq += 1
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+
+# -- any fsspec URL -----------------------------------------------------------
+class Remote(Backend):
+    """Any fsspec file system (``s3://bucket/prefix``, ``gs://``, ``file:///mnt/nfs``)."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        try:
+            import fsspec
+        except ImportError:
+            raise ConfigError(
+                f"ACCORD_OBJECTS={url} needs fsspec and the driver for its scheme: "
+                "pip install 'accord[objects]' (and s3fs, gcsfs or adlfs)"
+            ) from None
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **options)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(
+                f"ACCORD_OBJECTS={url} cannot be used: {exc}; use a URL such as "
+                "s3://bucket/prefix or file:///mnt/shared"
+            ) from None
+        self.root = root.rstrip("/")
+        self.location = url
+
+    def _file(self, digest: str) -> str:
+        return f"{self.root}/{digest[:2]}/{digest[2:4]}/{digest}"
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise os_error(exc, self.location) from exc
+        except Exception as exc:
+            raise StoreError(
+                f"the object store at {self.location} failed to {what}: {exc}; check the URL "
+                "and the credentials",
+                location=self.location,
+            ) from exc
+
+    def begin(self) -> Upload:
+        return _RemoteUpload(self, f"{self.root}/tmp/{uuid.uuid4().hex}.part")
+
+    def has(self, digest: str) -> bool:
+        return bool(self._call("look up an object", self.fs.exists, self._file(digest)))
+
+    def open(self, digest: str) -> IO[bytes]:
+        try:
+            return self._call("read an object", self.fs.open, self._file(digest), "rb")  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            raise self.missing(digest) from None
+
+    def hide(self, digest: str) -> str | None:
+        token = f"{self.root}/trash/{digest}.{uuid.uuid4().hex}"
+        try:
+            self._call("collect an object", self.fs.mv, self._file(digest), token)
+        except FileNotFoundError:
+            return None
+        return token
+
+    def restore(self, digest: str, token: str) -> None:
+        if self.has(digest):
+            self.drop(token)
+        else:
+            self._call("restore an object", self.fs.mv, token, self._file(digest))
+
+    def drop(self, token: str) -> None:
+        try:
+            self._call("delete an object", self.fs.rm, token)
+        except FileNotFoundError:
+            pass
+
+    def digests(self) -> Iterator[str]:
+        try:
+            found = self._call("list objects", self.fs.find, self.root)
+        except FileNotFoundError:
+            return
+        for path in sorted(found):
+            name = path.rsplit("/", 1)[-1]
+            if len(name) == 64 and "/tmp/" not in path and "/trash/" not in path:
+                yield name
+
+    def path(self, digest: str) -> str | None:
+        protocol = self.fs.protocol
+        local = "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+        return self._file(digest) if local else None
+
+
+class _RemoteUpload(Upload):
+    def __init__(self, backend: Remote, path: str) -> None:
+        self.backend = backend
+        self.path = path
+        self.file = backend._call("start an upload", backend.fs.open, path, "wb")
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.backend._call("write an object", self.file.write, data)
+
+    def finish(self) -> None:
+        # Closing completes the upload (on S3, the multipart upload's completion).
+        self.backend._call("finish an upload", self.file.close)
+
+    def publish(self, digest: str) -> None:
+        backend = self.backend
+        if backend.has(digest):
+            self.abort()
+        else:
+            backend._call("publish an object", backend.fs.mv, self.path, backend._file(digest))
+
+    def abort(self) -> None:
+        try:
+            if not self.file.closed:
+                self.file.close()
+            self.backend.fs.rm(self.path)
+        except Exception:
+            pass

@@ -1,0 +1,458 @@
+"""The object store: durable, content-addressed objects that every node sees.
+
+``app.objects`` puts values, files and streams and reads them back by their
+:class:`~accord.data.ref.ObjectRef`. The bytes live in one backend
+(:mod:`accord.data.backends`): a directory beside a SQLite store, the
+database itself on PostgreSQL, or any fsspec URL named by ``ACCORD_OBJECTS``.
+The catalogue of objects is in the store of record, not in any process, so an
+object outlives whoever put it.
+
+A put writes the bytes under a temporary name and makes them durable, then
+records the object in the catalogue, then publishes the bytes under their
+digest. The collector (:meth:`Objects.gc`) removes a catalogue row only if
+the object was last put before its grace period, then moves the bytes aside
+and looks again: if a put recorded the object meanwhile, the bytes go back.
+So a put that returned is never undone by a collector running beside it, and
+a value between its put and the commit that references it is safe for the
+grace period.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import mmap
+import os
+import shutil
+import struct
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from accord import serde
+from accord.data.backends import CHUNK, Backend, Database, DbUpload, LocalDir, Remote, os_error
+from accord.data.reader import VerifiedReader, corrupt
+from accord.data.ref import ObjectRef
+from accord.errors import ConfigError, CorruptedError, ObjectNotFound
+from accord.store.records import ObjectRow
+from accord.store.sql.objects import ObjectsMixin, digests_in
+
+DEFAULT_INLINE_LIMIT = 1024 * 1024
+DEFAULT_GRACE = 3600.0
+_NPY = b"ACNPY1"
+_HEAD = struct.Struct(">I")
+
+# Weak: the current object store must not keep its store (and files) open.
+_current: weakref.ref[Objects] | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> Objects:
+    """The object store of the app that last opened one in this process (in a
+    node's slot process, the app running the task)."""
+    found = _current() if _current is not None else None
+    if found is None:
+        raise ConfigError(
+            "no object store is open in this process; read the reference with app.objects.get(ref)"
+        )
+    return found
+
+
+def backend_for(store: ObjectsMixin, url: str | None = None) -> Backend:
+    """Where ``store``'s objects live: ``url`` (else ``ACCORD_OBJECTS``), else a
+    directory beside a SQLite file, else the database itself."""
+    url = url or os.environ.get("ACCORD_OBJECTS") or None
+    if url is not None:
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigError(f"object store URL {url!r} is empty; use a directory or s3://...")
+        if url == "database":
+            return Database(store)
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            return LocalDir(Path(url).expanduser())
+        if scheme == "file":
+            return LocalDir(Path(rest))
+        return Remote(url)
+    path = getattr(store, "path", None)
+    if isinstance(path, str) and path != ":memory:":
+        return LocalDir(Path(path).resolve().parent / "objects")
+    return Database(store)
+
+
+def _array_header(array: Any) -> bytes:
+    meta = serde.dumps(
+        [
+            array.dtype.str,
+            list(array.shape),
+            bool(array.flags.f_contiguous and not array.flags.c_contiguous),
+        ]
+    )
+    head = _NPY + _HEAD.pack(len(meta)) + meta
+    return head + b"\0" * (-len(head) % 64)  # the data starts 64-byte aligned
+
+
+def _array_from(buffer: Any) -> Any:
+    import numpy as np
+
+    view = memoryview(buffer)
+    if bytes(view[: len(_NPY)]) != _NPY:
+        raise ConfigError("the object is not a numpy array")
+    (length,) = _HEAD.unpack_from(view, len(_NPY))
+    start = len(_NPY) + _HEAD.size
+    dtype, shape, fortran = serde.loads(bytes(view[start : start + length]))
+    offset = start + length + (-(start + length) % 64)
+    array = np.frombuffer(view, dtype=np.dtype(dtype), offset=offset)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+@dataclass
+class GcReport:
+    """What a collection found: the objects it removed (or would), and kept."""
+
+    collected: list[ObjectRow] = field(default_factory=list)
+    kept: int = 0
+    referenced: int = 0
+    freed_bytes: int = 0
+
+
+@dataclass
+class Problem:
+    """An object that ``verify`` found damaged or missing."""
+
+    digest: str
+    location: str
+    problem: str
+
+
+class Objects:
+    """The object store of one store of record (see the module docstring).
+
+    ``inline_limit``: task arguments, results, state values and message
+    payloads larger than this (bytes) move through the object store by
+    themselves; they come back as the value.
+    """
+
+    def __init__(
+        self,
+        store: object,
+        url: str | None = None,
+        *,
+        inline_limit: int = DEFAULT_INLINE_LIMIT,
+    ) -> None:
+        global _current
+        if not isinstance(store, ObjectsMixin):
+            raise ConfigError(f"the store {store!r} has no object catalogue")
+        self.store: ObjectsMixin = store
+        self.backend = backend_for(store, url)
+        self.inline_limit = inline_limit
+        with _current_lock:
+            _current = weakref.ref(self)
+
+    def __repr__(self) -> str:
+        return f"<Objects at {self.backend.location}>"
+
+    @property
+    def location(self) -> str:
+        return self.backend.location
+
+    # -- putting -------------------------------------------------------------
+    def put(self, value: Any) -> ObjectRef:
+        """Store ``value`` (bytes as they are, a numpy array in its own layout,
+        anything else serialised) and return its reference."""
+        if isinstance(value, bytes | bytearray | memoryview):
+            data = memoryview(value).cast("B")
+            return self._put_parts([data], "bytes")
+        np = serde._numpy()
+        if np is not None and isinstance(value, np.ndarray):
+            if value.dtype.hasobject or value.dtype.names is not None:
+                raise TypeError(
+                    "numpy arrays of Python objects or with named fields cannot be stored"
+                )
+            if not (value.flags.c_contiguous or value.flags.f_contiguous):
+                value = np.ascontiguousarray(value).reshape(value.shape)
+            body = memoryview(value).cast("B") if value.size else memoryview(b"")
+            return self._put_parts([memoryview(_array_header(value)), body], "ndarray")
+        return self._put_parts([memoryview(serde.dumps(value, what="the object"))], "value")
+
+    def put_file(self, path: str | os.PathLike[str]) -> ObjectRef:
+        """Store the bytes of the file at ``path``, streamed (memory stays flat)."""
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+            digest = _hash_file(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}", path=str(path)) from None
+        found = self._existing(digest)
+        if found is not None:
+            return found
+        with path.open("rb") as file:
+            return self._write(_chunks(file), "bytes", expect=(digest, size))
+
+    def put_stream(self, stream: IO[bytes] | BinaryIO) -> ObjectRef:
+        """Store the bytes read from ``stream`` to its end, in chunks."""
+        if not hasattr(stream, "read"):
+            raise ConfigError(f"put_stream needs a readable binary file, not {stream!r}")
+        return self._write(_chunks(stream), "bytes")
+
+    def _put_parts(self, parts: list[memoryview], kind: str) -> ObjectRef:
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        size = sum(p.nbytes for p in parts)
+        found = self._existing(digest.hexdigest())
+        if found is not None:
+            return found
+        pieces = (p[i : i + CHUNK] for p in parts for i in range(0, max(p.nbytes, 1), CHUNK))
+        return self._write(pieces, kind, expect=(digest.hexdigest(), size))
+
+    def _existing(self, digest: str) -> ObjectRef | None:
+        """The object ``digest`` if it is whole here (its grace starts over)."""
+        row = self.store.object_touch(digest)
+        if row is not None and self.backend.has(digest):
+            return ObjectRef(row.digest, row.size, row.kind)
+        return None
+
+    def _write(
+        self,
+        chunks: Iterable[bytes | memoryview],
+        kind: str,
+        expect: tuple[str, int] | None = None,
+    ) -> ObjectRef:
+        upload = self.backend.begin()
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            for chunk in chunks:
+                digest.update(chunk)
+                upload.write(chunk)
+                size += len(chunk)
+            upload.finish()
+            hexdigest = digest.hexdigest()
+            if expect is not None and expect != (hexdigest, size):
+                raise ConfigError("the data changed while it was being stored; put it again")
+            if expect is None:
+                found = self._existing(hexdigest)
+                if found is not None:
+                    upload.abort()
+                    return found
+            if isinstance(upload, DbUpload):
+                row = self.store.object_chunks_commit(
+                    upload.name, hexdigest, size, kind, "database"
+                )
+            else:
+                row = self.store.object_record(hexdigest, size, kind, self.backend.location)
+                upload.publish(hexdigest)
+        except BaseException:
+            upload.abort()
+            raise
+        return ObjectRef(row.digest, row.size, row.kind)
+
+    # -- reading -------------------------------------------------------------
+    def ref(self, digest: str) -> ObjectRef:
+        """The reference to the object whose digest is ``digest`` (as printed)."""
+        text = digest.strip().lower().removeprefix("sha256:") if isinstance(digest, str) else digest
+        probe = ObjectRef(text, 0, "bytes")  # checks the digest's form
+        row = self.store.object_row(probe.digest)
+        if row is None:
+            raise self.backend.missing(probe.digest)
+        return ObjectRef(row.digest, row.size, row.kind)
+
+    def open(self, ref: ObjectRef) -> io.BufferedReader:
+        """The object as a readable, seekable binary file that checks the digest."""
+        ref = _check_ref(ref)
+        raw = self.backend.open(ref.digest)
+        return io.BufferedReader(
+            VerifiedReader(raw, ref.digest, ref.size, self.backend.location), CHUNK
+        )
+
+    def read_bytes(self, ref: ObjectRef) -> bytes:
+        """The object's bytes, verified."""
+        with self.open(ref) as file:
+            return file.read()
+
+    def get(self, ref: ObjectRef) -> Any:
+        """The object's value: bytes for ``put_file``/``put_stream``/bytes, a
+        read-only numpy array (memory-mapped where the bytes are a local file),
+        else the value that was put."""
+        ref = _check_ref(ref)
+        if ref.kind == "ndarray":
+            return _array_from(self._mapped(ref))
+        data = self.read_bytes(ref)
+        if ref.kind == "value":
+            return serde.loads(data, offload=self)
+        return data
+
+    def _mapped(self, ref: ObjectRef) -> Any:
+        """The verified bytes of ``ref``, by memory map where they are a local file."""
+        path = self.backend.path(ref.digest)
+        if path is None or ref.size == 0:
+            return self.read_bytes(ref)
+        try:
+            with open(path, "rb") as file:
+                mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            raise self.backend.missing(ref.digest) from None
+        except OSError as exc:
+            raise os_error(exc, self.backend.location) from exc
+        if len(mapped) != ref.size:
+            raise corrupt(ref.digest, self.backend.location, f"{len(mapped)} bytes, not {ref.size}")
+        if hashlib.sha256(mapped).hexdigest() != ref.digest:
+            raise corrupt(ref.digest, self.backend.location, "its bytes do not hash to its digest")
+        return mapped
+
+    def get_file(self, ref: ObjectRef, path: str | os.PathLike[str]) -> Path:
+        """Write the object to ``path`` (whole, or not at all)."""
+        target = Path(path)
+        part = target.with_name(f".{target.name}.part")
+        try:
+            with self.open(ref) as source, part.open("wb") as out:
+                shutil.copyfileobj(source, out, CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(part, target)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise os_error(exc, str(target)) from exc
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return target
+
+    # -- keeping -------------------------------------------------------------
+    def pin(self, ref: ObjectRef) -> None:
+        """Keep the object whatever references it (until :meth:`unpin`)."""
+        if not self.store.object_pin(_check_ref(ref).digest, True):
+            raise self.backend.missing(ref.digest)
+
+    def unpin(self, ref: ObjectRef) -> None:
+        if not self.store.object_pin(_check_ref(ref).digest, False):
+            raise self.backend.missing(ref.digest)
+
+    def ls(self, run: int | None = None) -> list[ObjectRow]:
+        """The objects recorded (those the tasks of run ``run`` reference)."""
+        if run is None:
+            return self.store.object_rows()
+        return self.store.object_rows(sorted(self.store.object_references(run)))
+
+    def verify(self) -> list[Problem]:
+        """Re-hash every object; the damaged and the missing ones."""
+        problems: list[Problem] = []
+        for row in self.store.object_rows():
+            try:
+                with self.open(ObjectRef(row.digest, row.size, row.kind)) as file:
+                    while file.read(CHUNK):
+                        pass
+            except ObjectNotFound:
+                problems.append(Problem(row.digest, self.backend.location, "missing"))
+            except Exception as exc:  # CorruptObjectError, or the backend failing
+                problems.append(Problem(row.digest, self.backend.location, str(exc)))
+        return problems
+
+    def gc(self, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> GcReport:
+        """Remove the objects nothing references: no task of a run the store
+        keeps, no state key's current or retained revision, no undelivered
+        mailbox message, no retained topic message, no pin; and none put in
+        the last ``grace`` seconds (a value between its put and the commit
+        that references it)."""
+        if not isinstance(grace, int | float) or grace < 0:
+            raise ConfigError(f"grace must be a number of seconds at least 0, not {grace!r}")
+        cutoff = self.store.now() - grace
+        rows = self.store.object_rows()
+        referenced = self._reachable(self.store.object_references(), rows)
+        report = GcReport(referenced=len(referenced))
+        for row in rows:
+            if row.pinned or row.touched_at >= cutoff or row.digest in referenced:
+                report.kept += 1
+                continue
+            if dry_run:
+                report.collected.append(row)
+                report.freed_bytes += row.size
+                continue
+            if not self.store.object_forget(row.digest, cutoff):
+                report.kept += 1  # put again meanwhile, or pinned
+                continue
+            self._take(row.digest)
+            report.collected.append(row)
+            report.freed_bytes += row.size
+        if not dry_run:
+            recorded = {row.digest for row in rows}
+            for digest in list(self.backend.digests()):
+                if digest not in recorded and self.store.object_row(digest) is None:
+                    self._take(digest)  # bytes whose row went with a collector that died
+            self.store.object_uploads_drop(cutoff)
+            if isinstance(self.backend, LocalDir):
+                self.backend.clear_parts(cutoff)
+        return report
+
+    def _reachable(self, roots: set[str], rows: list[ObjectRow]) -> set[str]:
+        """``roots`` and every object referenced inside a referenced value
+        (a spilled value holds references to the arrays moved out of it)."""
+        kinds = {row.digest: row for row in rows}
+        seen: set[str] = set()
+        todo = list(roots)
+        while todo:
+            digest = todo.pop()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            row = kinds.get(digest)
+            if row is None or row.kind != "value":
+                continue
+            try:
+                data = self.read_bytes(ObjectRef(row.digest, row.size, row.kind))
+            except (ObjectNotFound, CorruptedError):
+                continue  # verify reports it; what it referenced cannot be known
+            todo.extend(digests_in(data) - seen)
+        return seen
+
+    def _take(self, digest: str) -> None:
+        token = self.backend.hide(digest)
+        if token is None:
+            return
+        if self.store.object_row(digest) is not None:
+            self.backend.restore(digest, token)  # recorded again by a put meanwhile
+        else:
+            self.backend.drop(token)
+
+    # -- the claim check (serde.Offload) ----------------------------------------
+    def stash(self, data: bytes) -> bytes:
+        return self._put_parts([memoryview(data)], "value").pack()
+
+    def stash_array(self, array: Any) -> bytes:
+        return self.put(array).pack()
+
+    def fetch(self, claim: bytes) -> Any:
+        return self.get(ObjectRef.unpack(claim))
+
+    def fetch_bytes(self, claim: bytes) -> bytes:
+        return self.read_bytes(ObjectRef.unpack(claim))
+
+
+def _check_ref(ref: object) -> ObjectRef:
+    if not isinstance(ref, ObjectRef):
+        raise ConfigError(
+            f"expected an ObjectRef (from app.objects.put), not {type(ref).__qualname__}; "
+            "for a digest as text use app.objects.ref(digest)"
+        )
+    return ref
+
+
+def _chunks(stream: IO[bytes] | BinaryIO) -> Iterator[bytes]:
+    while chunk := stream.read(CHUNK):
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise ConfigError("put_stream needs a binary stream (opened with 'rb')")
+        yield chunk
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+__all__ = ["GcReport", "Objects", "Problem", "current"]
