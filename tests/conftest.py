@@ -76,11 +76,13 @@ def pg_url(pg_server: pgserver.PgServer) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ACCORD_* setting of the caller's leaks into a test."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No ACCORD_* setting of the caller's leaks into a test, and the cache of
+    remote objects is the session's own (not the user's ~/.cache)."""
     for key in list(os.environ):
         if key.startswith("ACCORD_"):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("ACCORD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "object-cache"))
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ machine) keeps every durable fact.
 from __future__ import annotations
 
 from accord.app import App
+from accord.data import ObjectRef, Objects
 from accord.errors import (
     AccordError,
     ClosedError,
@@ -15,9 +16,11 @@ from accord.errors import (
     ConfigError,
     ConflictError,
     CorruptedError,
+    CorruptObjectError,
     FencedError,
     LeaseExpiredError,
     NotFoundError,
+    ObjectNotFound,
     PayloadTooLargeError,
     Retry,
     SchemaError,
@@ -47,6 +50,7 @@ __all__ = [
     "CompactedError",
     "ConfigError",
     "ConflictError",
+    "CorruptObjectError",
     "CorruptedError",
     "Election",
     "Entry",
@@ -59,6 +63,9 @@ __all__ = [
     "Message",
     "Node",
     "NotFoundError",
+    "ObjectNotFound",
+    "ObjectRef",
+    "Objects",
     "PayloadTooLargeError",
     "Retry",
     "Run",

@@ -24,6 +24,8 @@ def subprocess_env(store_url: str) -> dict[str, str]:
     """Environment for accord processes started by a test."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCORD_")}
     env["ACCORD_STORE"] = store_url
+    if "ACCORD_CACHE_DIR" in os.environ:  # the session's cache, not the user's
+        env["ACCORD_CACHE_DIR"] = os.environ["ACCORD_CACHE_DIR"]
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     return env
 

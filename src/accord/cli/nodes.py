@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated
 
 import typer
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from accord.app import locate
 from accord.cli.common import StoreOpt, cli, cwd_on_path, out, user_errors
+from accord.data.cache import parse_size
 from accord.errors import ConfigError
 from accord.store import open_store
 
@@ -28,11 +30,27 @@ def worker(
         list[str] | None, typer.Option(help="capacity as KIND=AMOUNT (cpu, gpu, memory in MB)")
     ] = None,
     speed: Annotated[float, typer.Option(envvar="ACCORD_SPEED", help="initial speed v")] = 1.0,
+    cache_size: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ACCORD_CACHE_SIZE",
+            help="bound of this host's cache of remote objects (4G, 512M; 0: none)",
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        str | None,
+        typer.Option(envvar="ACCORD_CACHE_DIR", help="where the cache of remote objects lives"),
+    ] = None,
 ) -> None:
     """Run a node: claim and run the app's tasks until SIGTERM or Ctrl-C."""
     cwd_on_path()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with user_errors():
+        # Through the environment, so the node's slot processes read them too.
+        if cache_size is not None:
+            os.environ["ACCORD_CACHE_SIZE"] = str(parse_size(cache_size, "--cache-size"))
+        if cache_dir is not None:
+            os.environ["ACCORD_CACHE_DIR"] = cache_dir
         app = locate(app_spec)
         if store:
             app.use_store(store)

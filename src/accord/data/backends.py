@@ -317,6 +317,19 @@ class _DbReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or offset < 0:
+            raise io.UnsupportedOperation("objects in the database seek from the start only")
+        self.seq, skip = divmod(offset, CHUNK)  # every chunk but the last is CHUNK long
+        chunk = self.store.object_chunk(self.digest, self.seq)
+        self.done = chunk is None
+        self.pending = b"" if chunk is None else chunk[skip:]
+        self.seq += chunk is not None
+        return offset
+
     def readinto(self, buffer: Any) -> int:
         while not self.pending and not self.done:
             chunk = self.store.object_chunk(self.digest, self.seq)

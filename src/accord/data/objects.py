@@ -15,35 +15,36 @@ and looks again: if a put recorded the object meanwhile, the bytes go back.
 So a put that returned is never undone by a collector running beside it, and
 a value between its put and the commit that references it is safe for the
 grace period.
+
+Where the bytes are not in a local directory, each host reads them through
+its bounded cache (:mod:`accord.data.cache`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import mmap
 import os
 import shutil
-import struct
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from accord import serde
 from accord.data.backends import CHUNK, Backend, Database, DbUpload, LocalDir, Remote, os_error
-from accord.data.reader import VerifiedReader, corrupt
+from accord.data.cache import Cache
+from accord.data.layout import array_from, array_header, chunks, hash_file, map_verified
+from accord.data.reader import VerifiedReader
 from accord.data.ref import ObjectRef
-from accord.errors import ConfigError, CorruptedError, ObjectNotFound
+from accord.errors import ConfigError, CorruptedError, CorruptObjectError, ObjectNotFound
 from accord.store.records import ObjectRow
 from accord.store.sql.objects import ObjectsMixin, digests_in
 
 DEFAULT_INLINE_LIMIT = 1024 * 1024
 DEFAULT_GRACE = 3600.0
-_NPY = b"ACNPY1"
-_HEAD = struct.Struct(">I")
 
 # Weak: the current object store must not keep its store (and files) open.
 _current: weakref.ref[Objects] | None = None
@@ -82,32 +83,6 @@ def backend_for(store: ObjectsMixin, url: str | None = None) -> Backend:
     return Database(store)
 
 
-def _array_header(array: Any) -> bytes:
-    meta = serde.dumps(
-        [
-            array.dtype.str,
-            list(array.shape),
-            bool(array.flags.f_contiguous and not array.flags.c_contiguous),
-        ]
-    )
-    head = _NPY + _HEAD.pack(len(meta)) + meta
-    return head + b"\0" * (-len(head) % 64)  # the data starts 64-byte aligned
-
-
-def _array_from(buffer: Any) -> Any:
-    import numpy as np
-
-    view = memoryview(buffer)
-    if bytes(view[: len(_NPY)]) != _NPY:
-        raise ConfigError("the object is not a numpy array")
-    (length,) = _HEAD.unpack_from(view, len(_NPY))
-    start = len(_NPY) + _HEAD.size
-    dtype, shape, fortran = serde.loads(bytes(view[start : start + length]))
-    offset = start + length + (-(start + length) % 64)
-    array = np.frombuffer(view, dtype=np.dtype(dtype), offset=offset)
-    return array.reshape(shape, order="F" if fortran else "C")
-
-
 @dataclass
 class GcReport:
     """What a collection found: the objects it removed (or would), and kept."""
@@ -141,6 +116,7 @@ class Objects:
         url: str | None = None,
         *,
         inline_limit: int = DEFAULT_INLINE_LIMIT,
+        cache: Cache | bool = True,
     ) -> None:
         global _current
         if not isinstance(store, ObjectsMixin):
@@ -148,6 +124,12 @@ class Objects:
         self.store: ObjectsMixin = store
         self.backend = backend_for(store, url)
         self.inline_limit = inline_limit
+        # Bytes that live elsewhere are read through this host's cache.
+        self.cache: Cache | None = None
+        if isinstance(cache, Cache):
+            self.cache = cache
+        elif cache and not isinstance(self.backend, LocalDir):
+            self.cache = Cache.from_env()
         with _current_lock:
             _current = weakref.ref(self)
 
@@ -173,8 +155,9 @@ class Objects:
                 )
             if not (value.flags.c_contiguous or value.flags.f_contiguous):
                 value = np.ascontiguousarray(value).reshape(value.shape)
-            body = memoryview(value).cast("B") if value.size else memoryview(b"")
-            return self._put_parts([memoryview(_array_header(value)), body], "ndarray")
+            # The bytes as they lie in memory (a view of C or Fortran order).
+            body = memoryview(value.ravel(order="K")).cast("B") if value.size else memoryview(b"")
+            return self._put_parts([memoryview(array_header(value)), body], "ndarray")
         return self._put_parts([memoryview(serde.dumps(value, what="the object"))], "value")
 
     def put_file(self, path: str | os.PathLike[str]) -> ObjectRef:
@@ -182,20 +165,20 @@ class Objects:
         path = Path(path)
         try:
             size = path.stat().st_size
-            digest = _hash_file(path)
+            digest = hash_file(path)
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}", path=str(path)) from None
         found = self._existing(digest)
         if found is not None:
             return found
         with path.open("rb") as file:
-            return self._write(_chunks(file), "bytes", expect=(digest, size))
+            return self._write(chunks(file), "bytes", expect=(digest, size))
 
     def put_stream(self, stream: IO[bytes] | BinaryIO) -> ObjectRef:
         """Store the bytes read from ``stream`` to its end, in chunks."""
         if not hasattr(stream, "read"):
             raise ConfigError(f"put_stream needs a readable binary file, not {stream!r}")
-        return self._write(_chunks(stream), "bytes")
+        return self._write(chunks(stream), "bytes")
 
     def _put_parts(self, parts: list[memoryview], kind: str) -> ObjectRef:
         digest = hashlib.sha256()
@@ -263,10 +246,45 @@ class Objects:
     def open(self, ref: ObjectRef) -> io.BufferedReader:
         """The object as a readable, seekable binary file that checks the digest."""
         ref = _check_ref(ref)
-        raw = self.backend.open(ref.digest)
+        copy = self._cached(ref)
+        if copy is not None:
+            try:
+                raw = copy.open("rb")
+            except FileNotFoundError:
+                pass  # evicted by another process meanwhile: read it from the store
+            else:
+                cache = self.cache
+                assert cache is not None
+                where = (
+                    f"this host's cache, {copy} (the copy is removed: a new read fetches "
+                    f"it again from {self.location})"
+                )
+                reader = VerifiedReader(
+                    raw, ref.digest, ref.size, where, lambda: cache.discard(ref.digest)
+                )
+                return io.BufferedReader(reader, CHUNK)
+        return self._open_stored(ref)
+
+    def _open_stored(self, ref: ObjectRef) -> io.BufferedReader:
+        """The store's own copy, verified (never this host's cached one)."""
+        stored = self.backend.open(ref.digest)
         return io.BufferedReader(
-            VerifiedReader(raw, ref.digest, ref.size, self.backend.location), CHUNK
+            VerifiedReader(stored, ref.digest, ref.size, self.backend.location), CHUNK
         )
+
+    def _cached(self, ref: ObjectRef) -> Path | None:
+        """This host's copy of ``ref``, made now if there is none (None where
+        there is no cache or the object is larger than it)."""
+        if self.cache is None or ref.size == 0:
+            return None
+        found = self.cache.lookup(ref.digest, ref.size)
+        if found is not None:
+            if self.store.object_row(ref.digest) is None:  # collected since
+                self.cache.discard(ref.digest)
+                raise self.backend.missing(ref.digest)
+            return found
+        with self.backend.open(ref.digest) as raw:
+            return self.cache.fill(ref.digest, ref.size, raw, self.backend.location)
 
     def read_bytes(self, ref: ObjectRef) -> bytes:
         """The object's bytes, verified."""
@@ -279,29 +297,30 @@ class Objects:
         else the value that was put."""
         ref = _check_ref(ref)
         if ref.kind == "ndarray":
-            return _array_from(self._mapped(ref))
+            return array_from(self._mapped(ref))
         data = self.read_bytes(ref)
         if ref.kind == "value":
             return serde.loads(data, offload=self)
         return data
 
     def _mapped(self, ref: ObjectRef) -> Any:
-        """The verified bytes of ``ref``, by memory map where they are a local file."""
-        path = self.backend.path(ref.digest)
-        if path is None or ref.size == 0:
+        """The verified bytes of ``ref``, by memory map where they are a local
+        file (the backend's own, or this host's cached copy)."""
+        if ref.size == 0:
             return self.read_bytes(ref)
-        try:
-            with open(path, "rb") as file:
-                mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        except FileNotFoundError:
-            raise self.backend.missing(ref.digest) from None
-        except OSError as exc:
-            raise os_error(exc, self.backend.location) from exc
-        if len(mapped) != ref.size:
-            raise corrupt(ref.digest, self.backend.location, f"{len(mapped)} bytes, not {ref.size}")
-        if hashlib.sha256(mapped).hexdigest() != ref.digest:
-            raise corrupt(ref.digest, self.backend.location, "its bytes do not hash to its digest")
-        return mapped
+        path = self.backend.path(ref.digest)
+        if path is not None:
+            return map_verified(path, ref, self.backend.location, self.backend.missing)
+        for _ in range(2):  # a cached copy that fails is fetched again, once
+            copy = self._cached(ref)
+            if copy is None:
+                break
+            try:
+                return map_verified(str(copy), ref, str(copy), lambda digest: None)
+            except (FileNotFoundError, CorruptObjectError):
+                assert self.cache is not None
+                self.cache.discard(ref.digest)
+        return self.read_bytes(ref)
 
     def get_file(self, ref: ObjectRef, path: str | os.PathLike[str]) -> Path:
         """Write the object to ``path`` (whole, or not at all)."""
@@ -342,7 +361,7 @@ class Objects:
         problems: list[Problem] = []
         for row in self.store.object_rows():
             try:
-                with self.open(ObjectRef(row.digest, row.size, row.kind)) as file:
+                with self._open_stored(ObjectRef(row.digest, row.size, row.kind)) as file:
                     while file.read(CHUNK):
                         pass
             except ObjectNotFound:
@@ -438,21 +457,6 @@ def _check_ref(ref: object) -> ObjectRef:
             "for a digest as text use app.objects.ref(digest)"
         )
     return ref
-
-
-def _chunks(stream: IO[bytes] | BinaryIO) -> Iterator[bytes]:
-    while chunk := stream.read(CHUNK):
-        if not isinstance(chunk, bytes | bytearray | memoryview):
-            raise ConfigError("put_stream needs a binary stream (opened with 'rb')")
-        yield chunk
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 __all__ = ["GcReport", "Objects", "Problem", "current"]

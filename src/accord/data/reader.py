@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from typing import IO, Any
 
 from accord.errors import CorruptObjectError
@@ -28,8 +29,16 @@ def corrupt(digest: str, location: str, why: str) -> CorruptObjectError:
 class VerifiedReader(io.RawIOBase):
     """The object ``digest`` of ``size`` bytes, read from ``raw`` (seekable or not)."""
 
-    def __init__(self, raw: IO[bytes], digest: str, size: int, location: str) -> None:
+    def __init__(
+        self,
+        raw: IO[bytes],
+        digest: str,
+        size: int,
+        location: str,
+        on_corrupt: Callable[[], None] | None = None,
+    ) -> None:
         self.raw = raw
+        self.on_corrupt = on_corrupt  # a cached copy that fails is removed
         self.digest = digest
         self.size = size
         self.location = location
@@ -48,11 +57,16 @@ class VerifiedReader(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
+    def _fail(self, why: str) -> CorruptObjectError:
+        if self.on_corrupt is not None:
+            self.on_corrupt()
+        return corrupt(self.digest, self.location, why)
+
     def _check(self, hashed: int) -> None:
         if hashed != self.size:
-            raise corrupt(self.digest, self.location, f"{hashed} bytes, not {self.size}")
+            raise self._fail(f"{hashed} bytes, not {self.size}")
         if self.hash.hexdigest() != self.digest:
-            raise corrupt(self.digest, self.location, "its bytes do not hash to its digest")
+            raise self._fail("its bytes do not hash to its digest")
         self.verified = True
 
     def verify(self) -> None:
@@ -104,7 +118,7 @@ class VerifiedReader(io.RawIOBase):
                 self.hash.update(chunk)
                 self.tail += chunk
                 if self.pos + len(self.tail) > self.size:
-                    raise corrupt(self.digest, self.location, f"more than {self.size} bytes")
+                    raise self._fail(f"more than {self.size} bytes")
             n = min(want, len(self.tail) if self.verified else len(self.tail) - 1)
             data, self.tail = self.tail[:n], self.tail[n:]
         view[: len(data)] = data
