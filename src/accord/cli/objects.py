@@ -89,7 +89,7 @@ def ls(
         rows = objects.ls(run)
         if as_json:
             for row in rows:
-                out.print(_json(_row(row)), soft_wrap=True)
+                out.print(_json(_row(row)), soft_wrap=True, markup=False, highlight=False)
             return
         table = Table("digest", "size", "kind", "pinned", "created")
         for row in rows:
@@ -124,7 +124,9 @@ def get(
             raise ConfigError(
                 f"cannot write the object to {output}: {exc.strerror}", path=str(output)
             ) from None
-        err.print(f"wrote {found.digest} ({_size(found.size)}) to {output}", highlight=False)
+        err.print(
+            f"wrote {found.digest} ({_size(found.size)}) to {output}", markup=False, highlight=False
+        )
 
 
 def _to_stdout(objects: Objects, ref: ObjectRef) -> None:
@@ -192,7 +194,12 @@ def verify(store: StoreOpt = None) -> None:
     with _objects(store) as objects:
         problems = objects.verify()
         for p in problems:
-            out.print(f"{p.digest} at {p.location}: {p.problem}", highlight=False, soft_wrap=True)
+            out.print(
+                f"{p.digest} at {p.location}: {p.problem}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if problems:
             err.print(f"{len(problems)} object(s) damaged or missing", highlight=False)
             raise typer.Exit(1)
