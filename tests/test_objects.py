@@ -226,8 +226,9 @@ def test_bad_input_changes_nothing(store_url: str, objects: Objects, tmp_path: P
         objects.put_stream(b"bytes are not a stream")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="ObjectRef"):
         objects.get("ab" * 32)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="grace"):
-        objects.gc(grace=-1)
+    for grace in (-1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="grace"):
+            objects.gc(grace=grace)
     assert table_counts(store_url) == before
     assert len(objects.ls()) == 1
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import shutil
 import threading
@@ -376,7 +377,7 @@ class Objects:
         mailbox message, no retained topic message, no pin; and none put in
         the last ``grace`` seconds (a value between its put and the commit
         that references it)."""
-        if not isinstance(grace, int | float) or grace < 0:
+        if not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
             raise ConfigError(f"grace must be a number of seconds at least 0, not {grace!r}")
         cutoff = self.store.now() - grace
         rows = self.store.object_rows()
