@@ -2,8 +2,10 @@
 
 Every backend writes an object's bytes under a temporary name, makes them
 durable, and only then publishes them under their digest, so a reader never
-sees part of an object under its digest. The catalogue row (in the store)
-is recorded between the two: see :mod:`accord.data.objects` for why.
+sees part of an object under its digest. A directory publishes, then
+records the catalogue row, under a lock the collector excludes; a remote
+store records the row first and publishes after (no lock spans its hosts);
+the database does both in one transaction.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
+import fcntl
 import io
 import os
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,9 +29,19 @@ from accord.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from accord.store.sql.objects import ObjectsMixin
+from accord.store.sql.objects import CHUNK, ObjectsMixin
 
-CHUNK = 1024 * 1024
+__all__ = [
+    "CHUNK",
+    "Backend",
+    "Database",
+    "DbUpload",
+    "LocalDir",
+    "Remote",
+    "Upload",
+    "alive",
+    "os_error",
+]
 
 
 def os_error(exc: OSError, where: str) -> Exception:
@@ -63,16 +77,36 @@ class Backend(abc.ABC):
     def open(self, digest: str) -> IO[bytes]:
         """The stored bytes, unverified; :class:`ObjectNotFound` if absent."""
 
-    @abc.abstractmethod
-    def hide(self, digest: str) -> str | None:
-        """Move the bytes aside (the collector's first step); the token to
-        :meth:`restore` or :meth:`drop` them, None if there were none."""
+    # Whether a put publishes its bytes before it records the catalogue row
+    # (under :meth:`publishing`, which the collector's :meth:`collect`
+    # excludes), or records the row first and publishes after.
+    publish_first = False
+
+    def publishing(self) -> contextlib.AbstractContextManager[object]:
+        """Held by a put from publishing its bytes to recording their row."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
-    def restore(self, digest: str, token: str) -> None: ...
+    def collect(self, digest: str, recorded: Callable[[], bool]) -> None:
+        """Remove the bytes of ``digest``, whose row went, unless ``recorded()``
+        says a put recorded the object again meanwhile."""
 
     @abc.abstractmethod
-    def drop(self, token: str) -> None: ...
+    def set_aside(self, digest: str) -> None:
+        """Move the damaged bytes of ``digest`` out of the way (kept for a look,
+        and so that a put of the same bytes stores them anew)."""
+
+    @abc.abstractmethod
+    def set_aside_at(self, digest: str) -> str | None:
+        """Where damaged bytes of ``digest`` were set aside, if they were."""
+
+    def probe(self) -> None:
+        """Raise the error a write here would meet (before a collection starts)."""
+        return None
+
+    def clear_parts(self, older_than: float, recorded: Callable[[str], bool]) -> int:
+        """Remove what puts and collectors that died left behind; the count."""
+        return 0
 
     @abc.abstractmethod
     def digests(self) -> Iterator[str]:
@@ -119,21 +153,33 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalDir(Backend):
-    """A directory, sharded by the digest's first two bytes (``ab/cd/<digest>``)."""
+    """A directory, sharded by the digest's first two bytes (``ab/cd/<digest>``).
+
+    A put publishes its bytes, then records the row, holding a shared lock
+    on ``<root>/lock``; the collector takes the lock exclusively to look for
+    the row a last time and remove the bytes. So no put is ever between the
+    two steps while bytes go, and no bytes are hidden from a reader for a
+    moment. Temporary files are named after their writer (pid and host): the
+    collector removes those whose writer on this host is dead, and another
+    host's once they are older than the grace.
+    """
+
+    publish_first = True
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.location = str(self.root)
         self._tmp = self.root / "tmp"
-        self._trash = self.root / "trash"
+        self._trash = self.root / "trash"  # left by collectors of earlier versions
 
     def _file(self, digest: str) -> Path:
         return self.root / digest[:2] / digest[2:4] / digest
 
     def begin(self) -> Upload:
+        name = f"{os.getpid()}-{uuid.uuid4().hex}-{socket.gethostname()}.part"
         try:
             self._tmp.mkdir(parents=True, exist_ok=True)
-            return _LocalUpload(self, self._tmp / f"{uuid.uuid4().hex}.part")
+            return _LocalUpload(self, self._tmp / name)
         except OSError as exc:
             raise os_error(exc, self.location) from exc
 
@@ -151,27 +197,60 @@ class LocalDir(Backend):
         except OSError as exc:
             raise os_error(exc, self.location) from exc
 
-    def hide(self, digest: str) -> str | None:
-        self._trash.mkdir(parents=True, exist_ok=True)
-        token = str(self._trash / f"{digest}.{uuid.uuid4().hex}")
+    @contextlib.contextmanager
+    def _locked(self, mode: int) -> Iterator[None]:
+        path = self.root / "lock"
         try:
-            os.rename(self._file(digest), token)
-        except FileNotFoundError:
-            return None
-        return token
-
-    def restore(self, digest: str, token: str) -> None:
-        final = self._file(digest)
-        if final.exists():  # written again meanwhile: the same bytes
-            self.drop(token)
-        else:
-            os.rename(token, final)
-
-    def drop(self, token: str) -> None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.EROFS or not path.exists():
+                raise os_error(exc, self.location) from exc
+            fd = os.open(path, os.O_RDONLY)  # a read-only volume: locks still work
         try:
-            os.unlink(token)
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def publishing(self) -> contextlib.AbstractContextManager[object]:
+        return self._locked(fcntl.LOCK_SH)
+
+    def collect(self, digest: str, recorded: Callable[[], bool]) -> None:
+        with self._locked(fcntl.LOCK_EX):
+            if recorded():
+                return
+            try:
+                self._file(digest).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise os_error(exc, self.location) from exc
+
+    def set_aside(self, digest: str) -> None:
+        damaged = self.root / "damaged"
+        try:
+            damaged.mkdir(exist_ok=True)
+            os.replace(self._file(digest), damaged / digest)
         except FileNotFoundError:
-            pass
+            pass  # set aside by another reader meanwhile
+        except OSError as exc:
+            raise os_error(exc, self.location) from exc
+
+    def set_aside_at(self, digest: str) -> str | None:
+        aside = self.root / "damaged" / digest
+        return str(aside) if aside.exists() else None
+
+    def probe(self) -> None:
+        if not self.root.is_dir():
+            return
+        try:
+            self._tmp.mkdir(exist_ok=True)
+            fd, name = _tempfile(self._tmp)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            raise os_error(exc, self.location) from exc
 
     def digests(self) -> Iterator[str]:
         if not self.root.is_dir():
@@ -184,20 +263,51 @@ class LocalDir(Backend):
                     if len(file.name) == 64:
                         yield file.name
 
-    def clear_parts(self, older_than: float) -> int:
-        """Remove temporary files of puts that died before publishing."""
+    def clear_parts(self, older_than: float, recorded: Callable[[str], bool]) -> int:
         removed = 0
+        damaged = self.root / "damaged"
+        for file in sorted(damaged.iterdir()) if damaged.is_dir() else []:
+            if not recorded(file.name) or self.has(file.name):  # collected, or put again
+                file.unlink(missing_ok=True)
+                removed += 1
+        here = socket.gethostname()
         for place in (self._tmp, self._trash):
             if not place.is_dir():
                 continue
             for file in place.iterdir():
+                pid, _, rest = file.name.partition("-")
+                _, _, host = rest.removesuffix(".part").partition("-")
                 try:
-                    if file.stat().st_mtime < older_than:
+                    if host == here and pid.isdigit():
+                        stale = not alive(int(pid))
+                    else:  # another host's put, or an old name: by age
+                        stale = file.stat().st_mtime < older_than
+                    if stale:
                         file.unlink()
                         removed += 1
                 except FileNotFoundError:
                     pass
+                except OSError as exc:
+                    raise os_error(exc, self.location) from exc
         return removed
+
+
+def _tempfile(where: Path) -> tuple[int, str]:
+    name = str(where / f"probe-{uuid.uuid4().hex}")
+    return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), name
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class _LocalUpload(Upload):
@@ -259,23 +369,35 @@ class Database(Backend):
         return DbUpload(self.store)
 
     def has(self, digest: str) -> bool:
-        row = self.store.object_row(digest)
-        return row is not None and row.location == "database"
+        return self.store.object_chunks_exist(digest)
 
     def open(self, digest: str) -> IO[bytes]:
-        if self.store.object_chunk(digest, 0) is None and not self.has(digest):
+        first = self.store.object_chunk(digest, 0)
+        if first is None and (
+            self.store.object_row(digest) is None or self.set_aside_at(digest) is not None
+        ):
             raise self.missing(digest)
-        return _DbReader(self.store, digest)  # type: ignore[return-value]
+        # A row without chunks reads as nothing: the reader's check says damaged.
+        return _DbReader(self.store, digest, first)  # type: ignore[return-value]
 
-    # Rows and chunks go in one transaction (object_forget): nothing to hide.
-    def hide(self, digest: str) -> str | None:
-        return None
+    def collect(self, digest: str, recorded: Callable[[], bool]) -> None:
+        pass  # the row and its chunks went together (object_forget)
 
-    def restore(self, digest: str, token: str) -> None:
-        pass
+    def set_aside(self, digest: str) -> None:
+        self.store.object_chunks_move(digest, _DAMAGED + digest)
 
-    def drop(self, token: str) -> None:
-        pass
+    def set_aside_at(self, digest: str) -> str | None:
+        name = _DAMAGED + digest
+        return f"{self.location}, chunks {name}" if self.store.object_chunks_exist(name) else None
+
+    def clear_parts(self, older_than: float, recorded: Callable[[str], bool]) -> int:
+        removed = self.store.object_uploads_drop(older_than)
+        for name in self.store.object_chunks_names(_DAMAGED):
+            digest = name.removeprefix(_DAMAGED)
+            if not recorded(digest) or self.has(digest):  # collected, or put again
+                self.store.object_chunks_move(name, None)
+                removed += 1
+        return removed
 
     def digests(self) -> Iterator[str]:
         for row in self.store.object_rows():
@@ -313,13 +435,16 @@ class DbUpload(Upload):
         self.store.object_uploads_drop(0.0, upload=self.name)
 
 
+_DAMAGED = "damaged:"  # the name the chunks of a damaged object are set aside under
+
+
 class _DbReader(io.RawIOBase):
-    def __init__(self, store: ObjectsMixin, digest: str) -> None:
+    def __init__(self, store: ObjectsMixin, digest: str, first: bytes | None) -> None:
         self.store = store
         self.digest = digest
-        self.seq = 0
-        self.pending = b""
-        self.done = False
+        self.seq = 1  # the first chunk is read already (None: there is none)
+        self.pending = first or b""
+        self.done = first is None
 
     def readable(self) -> bool:
         return True
@@ -448,25 +573,77 @@ class Remote(Backend):
             raise self.missing(digest) from None
         return _RemoteReader(self, digest, file)  # type: ignore[return-value]
 
-    def hide(self, digest: str) -> str | None:
+    # No lock spans hosts here: the row is recorded before the bytes are
+    # published, and the collector moves the bytes aside, then looks for the
+    # row again and puts them back if a put recorded it meanwhile.
+    def collect(self, digest: str, recorded: Callable[[], bool]) -> None:
         token = f"{self.root}/trash/{digest}.{uuid.uuid4().hex}"
         try:
             self._call("collect an object", self.fs.mv, self._file(digest), token)
         except FileNotFoundError:
-            return None
-        return token
+            return
+        if recorded():
+            self._restore(digest, token)
+        else:
+            self._drop(token)
 
-    def restore(self, digest: str, token: str) -> None:
+    def set_aside(self, digest: str) -> None:
+        aside = f"{self.root}/damaged/{digest}"
+        try:
+            self._call("set a damaged object aside", self.fs.mv, self._file(digest), aside)
+        except FileNotFoundError:
+            pass
+
+    def set_aside_at(self, digest: str) -> str | None:
+        aside = f"{self.root}/damaged/{digest}"
+        found = self._call("look up a damaged object", self.fs.exists, aside)
+        return aside if found else None
+
+    def _restore(self, digest: str, token: str) -> None:
         if self.has(digest):
-            self.drop(token)
+            self._drop(token)
         else:
             self._call("restore an object", self.fs.mv, token, self._file(digest))
 
-    def drop(self, token: str) -> None:
+    def _drop(self, token: str) -> None:
         try:
             self._call("delete an object", self.fs.rm, token)
         except FileNotFoundError:
             pass
+
+    def clear_parts(self, older_than: float, recorded: Callable[[str], bool]) -> int:
+        """Uploads that died under tmp/, and bytes a collector that died had
+        moved aside under trash/ (put back if their row is there again), once
+        older than ``older_than``."""
+        removed = 0
+        try:
+            damaged = self._call("list leftovers", self.fs.find, f"{self.root}/damaged")
+        except FileNotFoundError:
+            damaged = []
+        for path in damaged:
+            digest = path.rsplit("/", 1)[-1]
+            if not recorded(digest) or self.has(digest):  # collected, or put again
+                self._drop(path)
+                removed += 1
+        for place in ("tmp", "trash"):
+            try:
+                found = self._call("list leftovers", self.fs.find, f"{self.root}/{place}")
+            except FileNotFoundError:
+                continue
+            for path in found:
+                try:
+                    when = self._call("look up a leftover", self.fs.modified, path)
+                except (FileNotFoundError, NotImplementedError):
+                    continue
+                if when.timestamp() >= older_than:
+                    continue
+                digest = path.rsplit("/", 1)[-1].partition(".")[0]
+                if place == "trash" and len(digest) == 64 and recorded(digest):
+                    self._restore(digest, path)
+                else:
+                    self._drop(path)
+                    removed += 1
+        return removed
 
     def digests(self) -> Iterator[str]:
         try:

@@ -20,16 +20,19 @@ import hashlib
 import logging
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import IO
 
+from accord.data.backends import alive
 from accord.data.reader import corrupt
 from accord.errors import ConfigError
 
 log = logging.getLogger("accord.data")
 DEFAULT_CACHE_SIZE = 2 * 1024**3
 CHUNK = 1024 * 1024
+STALE_PART = 3600.0  # seconds: a partial copy older than this is left from a dead fill
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
 
@@ -96,7 +99,7 @@ class Cache:
         if size > self.limit:
             return None
         self.misses += 1
-        part = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
+        part = self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}.part"
         try:
             part.parent.mkdir(parents=True, exist_ok=True)  # each time: it may have gone
             out = part.open("xb")
@@ -161,9 +164,33 @@ class Cache:
     def used(self) -> int:
         return sum(size for _, size, _ in self.files())
 
+    def clear_parts(self) -> int:
+        """Remove partial copies whose filler died (killed mid-fill) or that
+        are older than any fill takes; the number removed."""
+        removed = 0
+        try:
+            parts = list((self.root / "tmp").iterdir())
+        except OSError:
+            return removed
+        for part in parts:
+            owner, _, _ = part.name.partition("-")
+            try:
+                if (
+                    owner.isdigit()
+                    and alive(int(owner))
+                    and part.stat().st_mtime > time.time() - STALE_PART
+                ):
+                    continue
+                part.unlink()
+                removed += 1
+            except OSError:
+                continue  # finished or removed by another process meanwhile
+        return removed
+
     def trim(self) -> int:
-        """Remove the least recently used copies until the cache fits; the
-        bytes freed."""
+        """Remove the least recently used copies until the cache fits (and
+        the partial copies of fills that died); the bytes freed."""
+        self.clear_parts()
         files = sorted(self.files())
         total = sum(size for _, size, _ in files)
         freed = 0

@@ -8,13 +8,15 @@ The catalogue of objects is in the store of record, not in any process, so an
 object outlives whoever put it.
 
 A put writes the bytes under a temporary name and makes them durable, then
-records the object in the catalogue, then publishes the bytes under their
-digest. The collector (:meth:`Objects.gc`) removes a catalogue row only if
-the object was last put before its grace period, then moves the bytes aside
-and looks again: if a put recorded the object meanwhile, the bytes go back.
-So a put that returned is never undone by a collector running beside it, and
-a value between its put and the commit that references it is safe for the
-grace period.
+publishes them under their digest and records the object in the catalogue
+(each backend orders and guards these two steps its own way; see
+:meth:`Backend.collect`). The collector (:meth:`Objects.gc`) removes a
+catalogue row only if the object was last put before its grace period, then
+asks the backend to take the bytes unless a put recorded the object again
+meanwhile. So a put that returned is never undone by a collector running
+beside it, and a value between its put and the commit that references it is
+safe for the grace period. A read that finds an object damaged sets its bytes
+aside, so that a put of the same bytes repairs it.
 
 Where the bytes are not in a local directory, each host reads them through
 its bounded cache (:mod:`accord.data.cache`).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import os
 import shutil
@@ -38,12 +41,13 @@ from accord import serde
 from accord.data.backends import CHUNK, Backend, Database, DbUpload, LocalDir, Remote, os_error
 from accord.data.cache import Cache
 from accord.data.layout import array_from, array_header, chunks, hash_file, map_verified
-from accord.data.reader import VerifiedReader
+from accord.data.reader import VerifiedReader, corrupt
 from accord.data.ref import ObjectRef
 from accord.errors import ConfigError, CorruptedError, CorruptObjectError, ObjectNotFound
 from accord.store.records import ObjectRow
 from accord.store.sql.objects import ObjectsMixin, digests_in
 
+log = logging.getLogger("accord.data")
 DEFAULT_INLINE_LIMIT = 1024 * 1024
 DEFAULT_GRACE = 3600.0
 
@@ -226,9 +230,18 @@ class Objects:
                 row = self.store.object_chunks_commit(
                     upload.name, hexdigest, size, kind, "database"
                 )
+            elif self.backend.publish_first:
+                with self.backend.publishing():
+                    upload.publish(hexdigest)
+                    row = self.store.object_record(hexdigest, size, kind, self.backend.location)
             else:
                 row = self.store.object_record(hexdigest, size, kind, self.backend.location)
-                upload.publish(hexdigest)
+                try:
+                    upload.publish(hexdigest)
+                except BaseException:
+                    if not self.backend.has(hexdigest):  # no row without its bytes
+                        self.store.object_forget(hexdigest, row.touched_at + 1e-6)
+                    raise
         except BaseException:
             upload.abort()
             raise
@@ -268,10 +281,45 @@ class Objects:
 
     def _open_stored(self, ref: ObjectRef) -> io.BufferedReader:
         """The store's own copy, verified (never this host's cached one)."""
-        stored = self.backend.open(ref.digest)
-        return io.BufferedReader(
-            VerifiedReader(stored, ref.digest, ref.size, self.backend.location), CHUNK
+        stored = self._open_backend(ref.digest)
+        reader = VerifiedReader(
+            stored, ref.digest, ref.size, self.backend.location, lambda: self._set_aside(ref)
         )
+        return io.BufferedReader(reader, CHUNK)
+
+    def _open_backend(self, digest: str) -> IO[bytes]:
+        try:
+            return self.backend.open(digest)
+        except ObjectNotFound:
+            raise self._missing(digest) from None
+
+    def _missing(self, digest: str) -> Exception:
+        """The error for bytes of ``digest`` that are not there: damaged (and
+        set aside by an earlier read), or missing."""
+        aside = self.backend.set_aside_at(digest)
+        if aside is not None and self.store.object_row(digest) is not None:
+            return corrupt(
+                digest,
+                self.backend.location,
+                f"found damaged by an earlier read and set aside to {aside}",
+            )
+        return self.backend.missing(digest)
+
+    def _set_aside(self, ref: ObjectRef) -> None:
+        """The store's copy of ``ref`` failed its digest: if it still does
+        (a put may have repaired it meanwhile), move it aside, so that a put
+        of the same bytes stores them anew."""
+        try:
+            with self.backend.open(ref.digest) as raw:
+                digest, size = hashlib.sha256(), 0
+                while chunk := raw.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+            if (digest.hexdigest(), size) == (ref.digest, ref.size):
+                return
+            self.backend.set_aside(ref.digest)
+        except (ObjectNotFound, OSError) as exc:
+            log.warning("object %s is damaged and could not be set aside: %s", ref.digest, exc)
 
     def _cached(self, ref: ObjectRef) -> Path | None:
         """This host's copy of ``ref``, made now if there is none (None where
@@ -284,8 +332,12 @@ class Objects:
                 self.cache.discard(ref.digest)
                 raise self.backend.missing(ref.digest)
             return found
-        with self.backend.open(ref.digest) as raw:
-            return self.cache.fill(ref.digest, ref.size, raw, self.backend.location)
+        with self._open_backend(ref.digest) as raw:
+            try:
+                return self.cache.fill(ref.digest, ref.size, raw, self.backend.location)
+            except CorruptObjectError:
+                self._set_aside(ref)
+                raise
 
     def read_bytes(self, ref: ObjectRef) -> bytes:
         """The object's bytes, verified."""
@@ -311,7 +363,11 @@ class Objects:
             return self.read_bytes(ref)
         path = self.backend.path(ref.digest)
         if path is not None:
-            return map_verified(path, ref, self.backend.location, self.backend.missing)
+            try:
+                return map_verified(path, ref, self.backend.location, self._missing)
+            except CorruptObjectError:
+                self._set_aside(ref)
+                raise
         for _ in range(2):  # a cached copy that fails is fetched again, once
             copy = self._cached(ref)
             if copy is None:
@@ -367,6 +423,8 @@ class Objects:
                         pass
             except ObjectNotFound:
                 problems.append(Problem(row.digest, self.backend.location, "missing"))
+            except CorruptObjectError as exc:
+                problems.append(Problem(row.digest, self.backend.location, str(exc)))
             except Exception as exc:  # CorruptObjectError, or the backend failing
                 problems.append(Problem(row.digest, self.backend.location, str(exc)))
         return problems
@@ -379,6 +437,8 @@ class Objects:
         that references it)."""
         if not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
             raise ConfigError(f"grace must be a number of seconds at least 0, not {grace!r}")
+        if not dry_run:
+            self.backend.probe()  # a read-only volume: say so before changing anything
         cutoff = self.store.now() - grace
         rows = self.store.object_rows()
         referenced = self._reachable(self.store.object_references(), rows)
@@ -402,9 +462,7 @@ class Objects:
             for digest in list(self.backend.digests()):
                 if digest not in recorded and self.store.object_row(digest) is None:
                     self._take(digest)  # bytes whose row went with a collector that died
-            self.store.object_uploads_drop(cutoff)
-            if isinstance(self.backend, LocalDir):
-                self.backend.clear_parts(cutoff)
+            self.backend.clear_parts(cutoff, lambda d: self.store.object_row(d) is not None)
         return report
 
     def _reachable(self, roots: set[str], rows: list[ObjectRow]) -> set[str]:
@@ -429,13 +487,8 @@ class Objects:
         return seen
 
     def _take(self, digest: str) -> None:
-        token = self.backend.hide(digest)
-        if token is None:
-            return
-        if self.store.object_row(digest) is not None:
-            self.backend.restore(digest, token)  # recorded again by a put meanwhile
-        else:
-            self.backend.drop(token)
+        """Remove the bytes of ``digest`` unless a put recorded it again."""
+        self.backend.collect(digest, lambda: self.store.object_row(digest) is not None)
 
     # -- the claim check (serde.Offload) ----------------------------------------
     def stash(self, data: bytes) -> bytes:

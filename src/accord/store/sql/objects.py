@@ -1,8 +1,8 @@
 """The object store's catalogue and its chunks of bytes, in the SQL both backends share.
 
 One row of ``objects`` per object, whatever holds its bytes (a directory, a
-bucket, or ``object_chunks`` in this database). ``accord.data`` writes the
-bytes first and records the row after, so a row always names a whole object.
+bucket, or ``object_chunks`` in this database). ``accord.data`` makes the
+bytes durable before it records the row (see :mod:`accord.data.backends`).
 The collector asks :meth:`ObjectsMixin.object_references` which objects are
 referenced anywhere the store keeps values, in one consistent read.
 """
@@ -12,8 +12,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from accord.errors import StoreError
 from accord.store.records import ObjectRow
 from accord.store.sql.core import Conn, SqlBase, _Tx
+
+CHUNK = 1024 * 1024  # the size of every chunk but an object's last (accord.data)
 
 _COLS = "digest, size, kind, location, created_at, touched_at, pinned"
 
@@ -185,9 +188,31 @@ class ObjectsMixin(SqlBase):
 
         def body(tx: _Tx) -> ObjectRow:
             tx.news = False
-            have = tx.c.execute(
+            recorded = tx.c.execute(
                 f"SELECT 1 FROM objects WHERE digest = ?{self.lock}", (digest,)
             ).fetchall()
+            # Whole already, unless its chunks were set aside as damaged.
+            have = (
+                recorded
+                and tx.c.execute(
+                    "SELECT 1 FROM object_chunks WHERE digest = ? AND seq = 0", (digest,)
+                ).fetchall()
+            )
+            count, length = tx.c.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM object_chunks "
+                "WHERE digest = ?",
+                (upload,),
+            ).fetchone()
+            if int(length) != size or (size and int(count) != -(-size // CHUNK)):
+                # A put that stalled longer than the collector's grace: its
+                # chunks went. Record nothing; the caller's put fails.
+                tx.c.execute("DELETE FROM object_chunks WHERE digest = ?", (upload,))
+                raise StoreError(
+                    f"the upload of object {digest} lost chunks while it was written (it "
+                    "stalled longer than the collector's grace); nothing was stored, put "
+                    "it again",
+                    digest=digest,
+                )
             if have:
                 tx.c.execute("DELETE FROM object_chunks WHERE digest = ?", (upload,))
             else:
@@ -205,6 +230,31 @@ class ObjectsMixin(SqlBase):
 
         return self._write(body)
 
+    def object_chunks_exist(self, name: str) -> bool:
+        """Whether any chunk is stored under ``name`` (a digest, an upload's name)."""
+        return bool(self._read("SELECT 1 FROM object_chunks WHERE digest = ? AND seq = 0", (name,)))
+
+    def object_chunks_names(self, prefix: str) -> list[str]:
+        """The names that chunks are stored under, of those starting ``prefix``."""
+        rows = self._read(
+            "SELECT digest FROM object_chunks WHERE digest LIKE ? AND seq = 0", (prefix + "%",)
+        )
+        return [str(r[0]) for r in rows]
+
+    def object_chunks_move(self, name: str, to: str | None) -> None:
+        """Store the chunks of ``name`` under ``to`` instead (replacing what
+        was there), or drop them where ``to`` is None."""
+
+        def body(tx: _Tx) -> None:
+            tx.news = False
+            if to is not None:
+                tx.c.execute("DELETE FROM object_chunks WHERE digest = ?", (to,))
+                tx.c.execute("UPDATE object_chunks SET digest = ? WHERE digest = ?", (to, name))
+            else:
+                tx.c.execute("DELETE FROM object_chunks WHERE digest = ?", (name,))
+
+        self._write(body)
+
     def object_chunk(self, digest: str, seq: int) -> bytes | None:
         rows = self._read(
             "SELECT data FROM object_chunks WHERE digest = ? AND seq = ?", (digest, seq)
@@ -219,7 +269,12 @@ class ObjectsMixin(SqlBase):
             if upload is not None:
                 sql, params = "DELETE FROM object_chunks WHERE digest = ?", (upload,)
             else:
-                sql = "DELETE FROM object_chunks WHERE digest LIKE 'upload:%' AND written_at < ?"
+                # An upload still being written is kept by its latest chunk.
+                sql = (
+                    "DELETE FROM object_chunks WHERE digest IN (SELECT digest FROM "
+                    "object_chunks WHERE digest LIKE 'upload:%' GROUP BY digest "
+                    "HAVING max(written_at) < ?)"
+                )
                 params = (written_before,)  # type: ignore[assignment]
             return len(tx.c.execute(sql + " RETURNING seq", params).fetchall())
 
