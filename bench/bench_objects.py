@@ -11,7 +11,8 @@ of accord's own work and the durable writes, not of cold reads. It prints:
 - put and get throughput (MiB/s) of 1 MiB, 64 MiB and 1 GiB objects on the
   local directory backend: ``put_file`` against ``shutil.copyfile`` plus an
   ``fsync`` of the copy; ``get_file`` against the same copy; reading through
-  ``open`` and ``get`` against reading the file itself;
+  ``open`` and ``get`` against reading the file itself and hashing it (every
+  read of accord's checks the digest, so a read can be no faster than sha256);
 - the same on PostgreSQL (objects in 1 MiB chunks in the database) for 1 MiB
   and 64 MiB, with ``--pg URL`` (or ``ACCORD_BENCH_PG``), or ``--pg-local``
   for a throwaway server started here from the system's binaries (``initdb``
@@ -39,9 +40,15 @@ of accord's own work and the durable writes, not of cold reads. It prints:
   ``objects.put`` / ``objects.get`` of the array against ``np.save`` (with an
   fsync) / ``np.load`` of the ``.npy`` file.
 
+- the host cache: 4 ``accord worker`` processes, each with a cache directory
+  of its own (as 4 hosts would have), run 16 tasks that each read one shard
+  of 512 MiB (64 MiB with ``--quick``) kept in the database: the fetches from
+  the store, the cache hits and the hit rate (one fetch per node is the best
+  possible), and the time of a first read and of a cached one beside
+  ``np.load`` of the same array from a local ``.npy`` file.
+
 The PostgreSQL and S3 figures are of the backend itself: their objects are
-read with no host cache (``cache=False``). Not covered yet: the host cache,
-and its hit rates for 4 nodes (being built elsewhere).
+read with no host cache (``cache=False``).
 
 Pointing s3fs at an endpoint other than AWS's, through the environment (as
 checked with s3fs/fsspec 2026.9, aiobotocore 3.10, botocore 1.43):
@@ -110,6 +117,31 @@ app = accord.App("bench-objects")
 @app.task
 def array_sum(x: np.ndarray) -> float:
     return float(np.sum(x))
+
+
+# The app of the cache figure, run by 4 ``accord worker`` processes (each a
+# "host" with a cache directory of its own) that import this script.
+shard_app = accord.App("bench-objects-shard", objects="database")
+
+
+@shard_app.task
+def shard_read(ref: Any) -> dict[str, Any]:
+    """Read the shard ``ref`` through this node's cache: whether it had to be
+    fetched from the store, and how long the read and sum took."""
+    from accord.data.objects import current
+
+    objects = current()
+    cache = objects.cache
+    assert cache is not None, "the node has no cache (ACCORD_CACHE_SIZE=0?)"
+    misses = cache.misses
+    started = time.perf_counter()
+    total = float(np.sum(objects.get(ref)))
+    return {
+        "node": os.getpid(),
+        "fetched": cache.misses > misses,
+        "seconds": time.perf_counter() - started,
+        "sum": total,
+    }
 
 
 # -- measuring ------------------------------------------------------------------
@@ -270,8 +302,8 @@ def reps_for(size: int, quick: bool) -> int:
 LOCAL_LABELS = {
     "put": ("put_file", ("copyfile + fsync",)),
     "get_file": ("get_file", ("copyfile + fsync",)),
-    "open": ("open + read", ("open + read of the file",)),
-    "get": ("get (bytes)", ("Path.read_bytes",)),
+    "open": ("open + read", ("open + read + sha256 of the file",)),
+    "get": ("get (bytes)", ("Path.read_bytes + sha256",)),
 }
 
 
@@ -289,9 +321,16 @@ def local_rep(objects: Objects, folder: Path, size: int, rep: int, pairs: Pairs)
         with objects.open(refs[0]) as file:
             assert read_all(file) == size
 
+    # Every read of accord's checks the digest: the plain reads hash too.
     def read_plain() -> None:
+        digest = hashlib.sha256()
         with src.open("rb") as file:
-            assert read_all(file) == size
+            while chunk := file.read(CHUNK):
+                digest.update(chunk)
+        assert digest.hexdigest()
+
+    def get_plain() -> None:
+        assert hashlib.sha256(src.read_bytes()).hexdigest()
 
     pairs.add("put", rep, lambda: refs.append(objects.put_file(src)), copy_sync)
     copy.unlink()
@@ -301,7 +340,7 @@ def local_rep(objects: Objects, folder: Path, size: int, rep: int, pairs: Pairs)
     assert out.stat().st_size == size
     out.unlink()
     pairs.add("open", rep, read_open, read_plain)
-    pairs.add("get", rep, lambda: objects.get(refs[0]), src.read_bytes)
+    pairs.add("get", rep, lambda: objects.get(refs[0]), get_plain)
 
 
 def local_throughput(folder: Path, sizes: list[int], quick: bool) -> None:
@@ -857,6 +896,74 @@ def task_argument(folder: Path, nbytes: int, reps: int) -> None:
     print(time_row("app.objects.get(ref) + sum", gets, loads, load_label))
 
 
+def cache_hits(folder: Path, nbytes: int, nodes: int = 4, per_node: int = 4) -> None:
+    """``nodes`` worker processes, each with a cache of its own, run
+    ``nodes * per_node`` tasks that all read one shard kept in the database."""
+    url = f"sqlite:///{folder / 'shard.db'}"
+    array = np.random.default_rng(2).standard_normal(nbytes // 8)
+    npy = folder / "shard.npy"
+    np.save(npy, array)
+    fsync_path(npy)
+    expect = float(np.sum(array))
+    env = dict(os.environ, ACCORD_OBJECTS="database", PYTHONPATH=str(Path(__file__).parent))
+    shard_app.use_store(url)
+    workers: list[subprocess.Popen[bytes]] = []
+    logs = [folder / f"node{i}.log" for i in range(nodes)]
+    try:
+        ref = shard_app.objects.put(array)
+        del array
+        for i, log in enumerate(logs):
+            argv = [sys.executable, "-m", "accord", "worker", "--app", "bench_objects:shard_app"]
+            argv += ["--store", url, "--slots", "1", "--mode", "thread", "--name", f"node{i}"]
+            argv += ["--cache-dir", str(folder / f"cache{i}"), "--cache-size", "4G"]
+            with log.open("wb") as out:
+                workers.append(
+                    subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+                )
+        handles = [shard_read.submit(ref) for _ in range(nodes * per_node)]
+        try:
+            results = [h.result(timeout=600) for h in handles]
+        except Exception:
+            print("\n".join(log_tail(log) for log in logs))
+            raise
+        assert all(r["sum"] == expect for r in results)
+        loads = [timed(lambda: np.sum(np.load(npy))) for _ in range(3)]
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        shard_app.close()
+        npy.unlink(missing_ok=True)
+    by_node: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        by_node.setdefault(r["node"], []).append(r)
+    fetched = [r for r in results if r["fetched"]]
+    hits = len(results) - len(fetched)
+    spread = ", ".join(
+        f"{len(rs)} tasks/{sum(r['fetched'] for r in rs)} fetched" for rs in by_node.values()
+    )
+    print(
+        f"  {len(results)} tasks on {len(by_node)} nodes ({spread}): {len(fetched)} fetches "
+        f"from the store, {hits} cache hits, hit rate {hits / len(results):.0%} "
+        f"(best possible {1 - len(by_node) / len(results):.0%}: one fetch per node)"
+    )
+    label = "np.load of the .npy + sum"
+    print(
+        time_row("first read on a node", [r["seconds"] for r in fetched], loads, label)
+        + "  (fetch from the database into the cache, verified)"
+    )
+    hit_times = [r["seconds"] for r in results if not r["fetched"]]
+    if hit_times:
+        print(
+            time_row("read from the node's cache", hit_times, loads, label)
+            + "  (memory map, verified)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="no 1 GiB object, shorter runs")
@@ -945,7 +1052,12 @@ def main() -> None:
         table_head(what)
         task_argument(folder, array_bytes, 3)
         print()
-        print("not measured here: the host cache, and its hit rates for 4 nodes")
+        shard = 64 * MiB if args.quick else 512 * MiB
+        table_head(
+            f"the host cache: 4 nodes (worker processes, a cache directory each) "
+            f"reading one {size_name(shard)} shard kept in the database (SQLite):"
+        )
+        cache_hits(folder, shard)
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 

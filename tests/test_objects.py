@@ -435,3 +435,76 @@ def test_a_cache_that_cannot_be_written_is_read_around(sqlite_url: str, tmp_path
         objects = Objects(store, "database", cache=Cache(blocker / "cache", MiB))
         ref = objects.put(b"q" * 1000)
         assert objects.get(ref) == b"q" * 1000
+
+
+# -- the fast paths of local files ---------------------------------------------------
+def leftovers(objects: Objects) -> list[str]:
+    """Temporary files left in a directory backend (none elsewhere)."""
+    tmp = Path(objects.location) / "tmp"
+    return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+
+
+def test_large_puts_are_whole_and_stored_once(objects: Objects, tmp_path: Path) -> None:
+    """From 4 MiB a put writes while a second thread hashes, put_file copies in
+    the kernel and hashes the copy: the same digests, one object, and nothing
+    left behind when the object was there already."""
+    blob = os.urandom(9 * MiB + 7)
+    array = np.frombuffer(blob[: 8 * MiB], dtype=np.float64).reshape(-1, 1024)
+    source = tmp_path / "blob.bin"
+    source.write_bytes(blob)
+    ref = objects.put(blob)
+    assert ref.digest == hashlib.sha256(blob).hexdigest()
+    assert objects.put(blob) == ref
+    assert objects.put_file(source) == ref
+    assert objects.put_stream(io.BytesIO(blob)) == ref
+    aref = objects.put(array)
+    assert objects.put(array.copy()) == aref
+    assert objects.get(aref).tobytes() == array.tobytes()  # random bits: NaNs among them
+    assert sorted(row.digest for row in objects.ls()) == sorted([ref.digest, aref.digest])
+    assert objects.read_bytes(ref) == blob
+    out = objects.get_file(ref, tmp_path / "out.bin")
+    assert out.read_bytes() == blob
+    assert leftovers(objects) == []
+    assert objects.verify() == []
+
+
+@pytest.mark.parametrize("unoffered", [["copy_file_range"], ["copy_file_range", "sendfile"]])
+def test_kernel_copy_falls_back_where_a_way_is_not_offered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unoffered: list[str]
+) -> None:
+    """File systems that cannot copy_file_range (EXDEV across mounts, EOPNOTSUPP)
+    or sendfile between files: the copy is made by reads and writes."""
+    import errno
+
+    from accord.data import copying
+
+    def refuse(*args: object) -> int:
+        raise OSError(errno.EXDEV, "not offered here")
+
+    for name in unoffered:
+        monkeypatch.setattr(os, name, refuse)
+    data = os.urandom(3 * MiB + 1)
+    (tmp_path / "a").write_bytes(data)
+    with (tmp_path / "a").open("rb") as src, (tmp_path / "b").open("wb") as dst:
+        assert copying.kernel_copy(src.fileno(), dst.fileno()) == len(data)
+    assert (tmp_path / "b").read_bytes() == data
+    assert copying.hash_path(tmp_path / "b") == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_a_kernel_copy_that_fails_otherwise_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objects: Objects
+) -> None:
+    import errno
+
+    def broken(*args: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "copy_file_range", broken)
+    source = tmp_path / "blob.bin"
+    source.write_bytes(os.urandom(MiB))
+    if objects.backend.path("0" * 64) is None:
+        pytest.skip("only a directory backend copies in the kernel")
+    with pytest.raises(accord.StoreError, match="Input/output error"):
+        objects.put_file(source)
+    assert objects.ls() == []
+    assert leftovers(objects) == []

@@ -38,8 +38,9 @@ import pytest
 
 import accord
 from accord.data import ObjectRef, Objects
-from accord.data.backends import Database, LocalDir
 from accord.data.cache import Cache
+from accord.data.database import Database
+from accord.data.local import LocalDir
 from accord.errors import (
     ConfigError,
     CorruptObjectError,

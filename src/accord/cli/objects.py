@@ -21,7 +21,7 @@ from rich.table import Table
 
 from accord.cli.common import StoreOpt, command_group, err, out, user_errors, when
 from accord.data import ObjectRef, Objects
-from accord.data.objects import DEFAULT_GRACE
+from accord.data.collect import DEFAULT_GRACE
 from accord.errors import ConfigError
 from accord.store import open_store
 from accord.store.records import ObjectRow

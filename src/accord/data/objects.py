@@ -27,29 +27,33 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import math
 import os
 import shutil
 import threading
 import weakref
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from accord import serde
-from accord.data.backends import CHUNK, Backend, Database, DbUpload, LocalDir, Remote, os_error
+from accord.data import collect
+from accord.data.backends import CHUNK, Backend, Upload, aborting, os_error
 from accord.data.cache import Cache
+from accord.data.collect import DEFAULT_GRACE, GcReport, Problem
+from accord.data.copying import synced_copy
+from accord.data.database import Database, DbUpload
 from accord.data.layout import array_from, array_header, chunks, hash_file, map_verified
+from accord.data.local import LocalDir, LocalUpload
 from accord.data.reader import VerifiedReader, corrupt
-from accord.data.ref import ObjectRef
-from accord.errors import ConfigError, CorruptedError, CorruptObjectError, ObjectNotFound
+from accord.data.ref import ObjectRef, check_ref
+from accord.data.remote import Remote
+from accord.errors import ConfigError, CorruptObjectError, ObjectNotFound
 from accord.store.records import ObjectRow
-from accord.store.sql.objects import ObjectsMixin, digests_in
+from accord.store.sql.objects import ObjectsMixin
 
 log = logging.getLogger("accord.data")
 DEFAULT_INLINE_LIMIT = 1024 * 1024
-DEFAULT_GRACE = 3600.0
+_BESIDE = 4 * 1024 * 1024  # from this size a put hashes on a second core
 
 # Weak: the current object store must not keep its store (and files) open.
 _current: weakref.ref[Objects] | None = None
@@ -86,25 +90,6 @@ def backend_for(store: ObjectsMixin, url: str | None = None) -> Backend:
     if isinstance(path, str) and path != ":memory:":
         return LocalDir(Path(path).resolve().parent / "objects")
     return Database(store)
-
-
-@dataclass
-class GcReport:
-    """What a collection found: the objects it removed (or would), and kept."""
-
-    collected: list[ObjectRow] = field(default_factory=list)
-    kept: int = 0
-    referenced: int = 0
-    freed_bytes: int = 0
-
-
-@dataclass
-class Problem:
-    """An object that ``verify`` found damaged or missing."""
-
-    digest: str
-    location: str
-    problem: str
 
 
 class Objects:
@@ -169,15 +154,28 @@ class Objects:
         """Store the bytes of the file at ``path``, streamed (memory stays flat)."""
         path = Path(path)
         try:
-            size = path.stat().st_size
-            digest = hash_file(path)
+            source = path.open("rb", buffering=0)
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}", path=str(path)) from None
-        found = self._existing(digest)
-        if found is not None:
-            return found
-        with path.open("rb") as file:
-            return self._write(chunks(file), "bytes", expect=(digest, size))
+        with source:
+            if isinstance(self.backend, LocalDir):
+                # The kernel copies; what was written is hashed while it is synced.
+                upload = self.backend.begin()
+                assert isinstance(upload, LocalUpload)
+                with aborting(upload):
+                    digest, size = upload.copy_in(source.fileno())
+                    found = self._existing(digest)
+                    if found is not None:
+                        upload.abort()
+                        return found
+                    return self._commit(upload, digest, size, "bytes")
+            # Elsewhere the digest comes first: an object that is there is not sent again.
+            digest = hash_file(path)
+            size = os.fstat(source.fileno()).st_size
+            found = self._existing(digest)
+            if found is not None:
+                return found
+            return self._write(chunks(source), "bytes", expect=(digest, size))
 
     def put_stream(self, stream: IO[bytes] | BinaryIO) -> ObjectRef:
         """Store the bytes read from ``stream`` to its end, in chunks."""
@@ -186,15 +184,28 @@ class Objects:
         return self._write(chunks(stream), "bytes")
 
     def _put_parts(self, parts: list[memoryview], kind: str) -> ObjectRef:
-        digest = hashlib.sha256()
-        for part in parts:
-            digest.update(part)
         size = sum(p.nbytes for p in parts)
-        found = self._existing(digest.hexdigest())
+        if size >= _BESIDE and isinstance(self.backend, LocalDir):
+            # Written while a second core hashes; made durable only once the
+            # lookup says the object is new.
+            upload = self.backend.begin()
+            assert isinstance(upload, LocalUpload)
+            with aborting(upload):
+                digest = upload.write_all(parts)
+                found = self._existing(digest)
+                if found is not None:
+                    upload.abort()
+                    return found
+                upload.finish()
+                return self._commit(upload, digest, size, kind)
+        hashed = hashlib.sha256()
+        for part in parts:
+            hashed.update(part)
+        found = self._existing(hashed.hexdigest())
         if found is not None:
             return found
         pieces = (p[i : i + CHUNK] for p in parts for i in range(0, max(p.nbytes, 1), CHUNK))
-        return self._write(pieces, kind, expect=(digest.hexdigest(), size))
+        return self._write(pieces, kind, expect=(hashed.hexdigest(), size))
 
     def _existing(self, digest: str) -> ObjectRef | None:
         """The object ``digest`` if it is whole here (its grace starts over)."""
@@ -210,7 +221,7 @@ class Objects:
         expect: tuple[str, int] | None = None,
     ) -> ObjectRef:
         upload = self.backend.begin()
-        try:
+        with aborting(upload):
             digest = hashlib.sha256()
             size = 0
             for chunk in chunks:
@@ -226,25 +237,24 @@ class Objects:
                 if found is not None:
                     upload.abort()
                     return found
-            if isinstance(upload, DbUpload):
-                row = self.store.object_chunks_commit(
-                    upload.name, hexdigest, size, kind, "database"
-                )
-            elif self.backend.publish_first:
-                with self.backend.publishing():
-                    upload.publish(hexdigest)
-                    row = self.store.object_record(hexdigest, size, kind, self.backend.location)
-            else:
-                row = self.store.object_record(hexdigest, size, kind, self.backend.location)
-                try:
-                    upload.publish(hexdigest)
-                except BaseException:
-                    if not self.backend.has(hexdigest):  # no row without its bytes
-                        self.store.object_forget(hexdigest, row.touched_at + 1e-6)
-                    raise
-        except BaseException:
-            upload.abort()
-            raise
+            return self._commit(upload, hexdigest, size, kind)
+
+    def _commit(self, upload: Upload, digest: str, size: int, kind: str) -> ObjectRef:
+        """Publish the durable bytes of ``upload`` as ``digest`` and record them."""
+        if isinstance(upload, DbUpload):
+            row = self.store.object_chunks_commit(upload.name, digest, size, kind, "database")
+        elif self.backend.publish_first:
+            with self.backend.publishing():
+                upload.publish(digest)
+                row = self.store.object_record(digest, size, kind, self.backend.location)
+        else:
+            row = self.store.object_record(digest, size, kind, self.backend.location)
+            try:
+                upload.publish(digest)
+            except BaseException:
+                if not self.backend.has(digest):  # no row without its bytes
+                    self.store.object_forget(digest, row.touched_at + 1e-6)
+                raise
         return ObjectRef(row.digest, row.size, row.kind)
 
     # -- reading -------------------------------------------------------------
@@ -259,7 +269,7 @@ class Objects:
 
     def open(self, ref: ObjectRef) -> io.BufferedReader:
         """The object as a readable, seekable binary file that checks the digest."""
-        ref = _check_ref(ref)
+        ref = check_ref(ref)
         copy = self._cached(ref)
         if copy is not None:
             try:
@@ -348,7 +358,7 @@ class Objects:
         """The object's value: bytes for ``put_file``/``put_stream``/bytes, a
         read-only numpy array (memory-mapped where the bytes are a local file),
         else the value that was put."""
-        ref = _check_ref(ref)
+        ref = check_ref(ref)
         if ref.kind == "ndarray":
             return array_from(self._mapped(ref))
         data = self.read_bytes(ref)
@@ -381,13 +391,28 @@ class Objects:
 
     def get_file(self, ref: ObjectRef, path: str | os.PathLike[str]) -> Path:
         """Write the object to ``path`` (whole, or not at all)."""
+        ref = check_ref(ref)
         target = Path(path)
         part = target.with_name(f".{target.name}.part")
         try:
-            with self.open(ref) as source, part.open("wb") as out:
-                shutil.copyfileobj(source, out, CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
+            local = self._local_file(ref)
+            with part.open("wb") as out:
+                if local is None:
+                    with self.open(ref) as stream:
+                        shutil.copyfileobj(stream, out, CHUNK)
+                    out.flush()
+                    os.fsync(out.fileno())
+                else:  # the kernel copies; the copy is hashed while it is synced
+                    source, where, on_corrupt = local
+                    out.flush()
+                    with source:
+                        written = synced_copy(source.fileno(), out.fileno(), str(part))
+                    if written != (ref.digest, ref.size):
+                        on_corrupt()
+                        why = "its bytes do not hash to its digest"
+                        if written[1] != ref.size:
+                            why = f"{written[1]} bytes, not {ref.size}"
+                        raise corrupt(ref.digest, where, why)
             os.replace(part, target)
         except OSError as exc:
             part.unlink(missing_ok=True)
@@ -397,14 +422,36 @@ class Objects:
             raise
         return target
 
+    def _local_file(self, ref: ObjectRef) -> tuple[IO[bytes], str, Callable[[], None]] | None:
+        """A local file with the bytes of ``ref`` (the store's, or this host's
+        copy), opened: (the file, where it is, what to do if it is damaged)."""
+        path = self.backend.path(ref.digest)
+        file: IO[bytes]
+        if path is not None:
+            try:
+                file = open(path, "rb", buffering=0)
+            except FileNotFoundError:
+                raise self._missing(ref.digest) from None
+            return file, self.backend.location, lambda: self._set_aside(ref)
+        copy = self._cached(ref)
+        if copy is None:
+            return None
+        try:
+            file = copy.open("rb", buffering=0)
+        except FileNotFoundError:
+            return None  # evicted by another process meanwhile: read it from the store
+        cache = self.cache
+        assert cache is not None
+        return file, f"this host's cache, {copy}", lambda: cache.discard(ref.digest)
+
     # -- keeping -------------------------------------------------------------
     def pin(self, ref: ObjectRef) -> None:
         """Keep the object whatever references it (until :meth:`unpin`)."""
-        if not self.store.object_pin(_check_ref(ref).digest, True):
+        if not self.store.object_pin(check_ref(ref).digest, True):
             raise self.backend.missing(ref.digest)
 
     def unpin(self, ref: ObjectRef) -> None:
-        if not self.store.object_pin(_check_ref(ref).digest, False):
+        if not self.store.object_pin(check_ref(ref).digest, False):
             raise self.backend.missing(ref.digest)
 
     def ls(self, run: int | None = None) -> list[ObjectRow]:
@@ -415,80 +462,11 @@ class Objects:
 
     def verify(self) -> list[Problem]:
         """Re-hash every object; the damaged and the missing ones."""
-        problems: list[Problem] = []
-        for row in self.store.object_rows():
-            try:
-                with self._open_stored(ObjectRef(row.digest, row.size, row.kind)) as file:
-                    while file.read(CHUNK):
-                        pass
-            except ObjectNotFound:
-                problems.append(Problem(row.digest, self.backend.location, "missing"))
-            except CorruptObjectError as exc:
-                problems.append(Problem(row.digest, self.backend.location, str(exc)))
-            except Exception as exc:  # CorruptObjectError, or the backend failing
-                problems.append(Problem(row.digest, self.backend.location, str(exc)))
-        return problems
+        return collect.verify(self)
 
     def gc(self, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> GcReport:
-        """Remove the objects nothing references: no task of a run the store
-        keeps, no state key's current or retained revision, no undelivered
-        mailbox message, no retained topic message, no pin; and none put in
-        the last ``grace`` seconds (a value between its put and the commit
-        that references it)."""
-        if not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
-            raise ConfigError(f"grace must be a number of seconds at least 0, not {grace!r}")
-        if not dry_run:
-            self.backend.probe()  # a read-only volume: say so before changing anything
-        cutoff = self.store.now() - grace
-        rows = self.store.object_rows()
-        referenced = self._reachable(self.store.object_references(), rows)
-        report = GcReport(referenced=len(referenced))
-        for row in rows:
-            if row.pinned or row.touched_at >= cutoff or row.digest in referenced:
-                report.kept += 1
-                continue
-            if dry_run:
-                report.collected.append(row)
-                report.freed_bytes += row.size
-                continue
-            if not self.store.object_forget(row.digest, cutoff):
-                report.kept += 1  # put again meanwhile, or pinned
-                continue
-            self._take(row.digest)
-            report.collected.append(row)
-            report.freed_bytes += row.size
-        if not dry_run:
-            recorded = {row.digest for row in rows}
-            for digest in list(self.backend.digests()):
-                if digest not in recorded and self.store.object_row(digest) is None:
-                    self._take(digest)  # bytes whose row went with a collector that died
-            self.backend.clear_parts(cutoff, lambda d: self.store.object_row(d) is not None)
-        return report
-
-    def _reachable(self, roots: set[str], rows: list[ObjectRow]) -> set[str]:
-        """``roots`` and every object referenced inside a referenced value
-        (a spilled value holds references to the arrays moved out of it)."""
-        kinds = {row.digest: row for row in rows}
-        seen: set[str] = set()
-        todo = list(roots)
-        while todo:
-            digest = todo.pop()
-            if digest in seen:
-                continue
-            seen.add(digest)
-            row = kinds.get(digest)
-            if row is None or row.kind != "value":
-                continue
-            try:
-                data = self.read_bytes(ObjectRef(row.digest, row.size, row.kind))
-            except (ObjectNotFound, CorruptedError):
-                continue  # verify reports it; what it referenced cannot be known
-            todo.extend(digests_in(data) - seen)
-        return seen
-
-    def _take(self, digest: str) -> None:
-        """Remove the bytes of ``digest`` unless a put recorded it again."""
-        self.backend.collect(digest, lambda: self.store.object_row(digest) is not None)
+        """Remove the objects nothing references (see :func:`accord.data.collect.gc`)."""
+        return collect.gc(self, dry_run=dry_run, grace=grace)
 
     # -- the claim check (serde.Offload) ----------------------------------------
     def stash(self, data: bytes) -> bytes:
@@ -502,15 +480,6 @@ class Objects:
 
     def fetch_bytes(self, claim: bytes) -> bytes:
         return self.read_bytes(ObjectRef.unpack(claim))
-
-
-def _check_ref(ref: object) -> ObjectRef:
-    if not isinstance(ref, ObjectRef):
-        raise ConfigError(
-            f"expected an ObjectRef (from app.objects.put), not {type(ref).__qualname__}; "
-            "for a digest as text use app.objects.ref(digest)"
-        )
-    return ref
 
 
 __all__ = ["GcReport", "Objects", "Problem", "current"]

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
 from collections.abc import Callable
 from typing import IO, Any
 
+from accord.data.copying import beside
 from accord.errors import CorruptObjectError
 
 
@@ -24,6 +26,42 @@ def corrupt(digest: str, location: str, why: str) -> CorruptObjectError:
         digest=digest,
         location=location,
     )
+
+
+_PIECE = 4 * 1024 * 1024
+
+
+def _read_hashing(raw: IO[bytes], want: int, digest: Any) -> list[bytes]:
+    """Up to ``want`` bytes of ``raw`` in pieces, hashed into ``digest`` on a
+    second thread as they arrive (reading and hashing both release the GIL)."""
+    if want <= 2 * _PIECE:
+        pieces: list[bytes] = []
+        got = 0
+        while got < want and (piece := raw.read(want - got)):
+            pieces.append(piece)
+            digest.update(piece)
+            got += len(piece)
+        return pieces or [b""]
+    ready: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def hash_all() -> None:
+        while (piece := ready.get()) is not None:
+            digest.update(piece)
+
+    def read_all() -> list[bytes]:
+        pieces: list[bytes] = []
+        got = 0
+        try:
+            while got < want and (piece := raw.read(min(_PIECE, want - got))):
+                pieces.append(piece)
+                ready.put(piece)
+                got += len(piece)
+        finally:
+            ready.put(None)
+        return pieces
+
+    found: list[bytes] = beside(read_all, hash_all)
+    return found
 
 
 class VerifiedReader(io.RawIOBase):
@@ -45,8 +83,6 @@ class VerifiedReader(io.RawIOBase):
         self.hash = hashlib.sha256()
         self.pos = 0
         self.verified = False
-        # The bytes held back until the hash of everything before them is known.
-        self.tail = b""
 
     def readable(self) -> bool:
         return True
@@ -99,31 +135,48 @@ class VerifiedReader(io.RawIOBase):
             self.verify()
             self._rewind(target)
             self.pos = target
-            self.tail = b""
         return self.pos
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        want = len(view)
-        if self.verified and not self.tail:
-            data = self.raw.read(want) or b""
+        if self.verified:
+            n = self.raw.readinto(view)  # type: ignore[attr-defined]
+            self.pos += n or 0
+            return n or 0
+        # Read straight into the caller's buffer, hashing what passes; the read
+        # that reaches the end checks the digest and raises instead of
+        # returning, so the last bytes of a damaged object are never handed over.
+        want = min(len(view), self.size - self.pos)
+        n = self.raw.readinto(view[:want]) if want else 0  # type: ignore[attr-defined]
+        n = n or 0
+        self.hash.update(view[:n])
+        if self.pos + n == self.size:
+            self._at_end()
+        elif n == 0:
+            self._check(self.pos)  # shorter than its size: raises
+        self.pos += n
+        return n
+
+    def readall(self) -> bytes:
+        """The rest of the object in one piece (``read()``), checked."""
+        if self.verified:
+            data = self.raw.read() or b""
         else:
-            # Read on, but hand over nothing past what was hashed and keep at
-            # least one byte back until the end is reached and the digest checked.
-            while not self.verified and len(self.tail) <= want:
-                chunk = self.raw.read(max(want, 64 * 1024))
-                if not chunk:
-                    self._check(self.pos + len(self.tail))
-                    break
-                self.hash.update(chunk)
-                self.tail += chunk
-                if self.pos + len(self.tail) > self.size:
-                    raise self._fail(f"more than {self.size} bytes")
-            n = min(want, len(self.tail) if self.verified else len(self.tail) - 1)
-            data, self.tail = self.tail[:n], self.tail[n:]
-        view[: len(data)] = data
+            want = self.size - self.pos
+            pieces = _read_hashing(self.raw, want, self.hash)
+            got = sum(len(piece) for piece in pieces)
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            if got < want:
+                self._check(self.pos + got)  # raises
+            self._at_end()
         self.pos += len(data)
-        return len(data)
+        return data
+
+    def _at_end(self) -> None:
+        """Every byte of the object was hashed: nothing may follow, and the digest must match."""
+        if self.raw.read(1):
+            raise self._fail(f"more than {self.size} bytes")
+        self._check(self.size)
 
     def close(self) -> None:
         self.raw.close()

@@ -94,3 +94,13 @@ def _unpack_ref(data: bytes) -> ObjectRef:
 
 
 serde.register_ext(ObjectRef, EXT_OBJECT_REF, ObjectRef.pack, _unpack_ref)
+
+
+def check_ref(ref: object) -> ObjectRef:
+    """``ref``, if it is an ObjectRef; a clear error if it is not."""
+    if not isinstance(ref, ObjectRef):
+        raise ConfigError(
+            f"expected an ObjectRef (from app.objects.put), not {type(ref).__qualname__}; "
+            "for a digest as text use app.objects.ref(digest)"
+        )
+    return ref
