@@ -404,6 +404,29 @@ def test_cache_of_objects_in_the_database(sqlite_url: str, tmp_path: Path) -> No
         assert cache.lookup(big.digest, big.size) is None
 
 
+def test_a_nodes_cache_deleted_under_it_is_filled_again(
+    bind_app: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's slot process reads objects kept in the database through the
+    host's cache; the cache directory removed while the node runs costs one
+    fetch, not an error."""
+    cache_dir = tmp_path / "node-cache"
+    monkeypatch.setenv("ACCORD_OBJECTS", "database")
+    monkeypatch.setenv("ACCORD_CACHE_DIR", str(cache_dir))
+    app = bind_app(oa.app)  # type: ignore[operator]
+    data = os.urandom(3 * MiB)
+    ref = app.objects.put(data)
+    digest = hashlib.sha256(data).hexdigest()
+    with app.embedded_node(mode="process", slots=1):
+        reads = [oa.cache_read.submit(ref).result(timeout=60) for _ in range(2)]
+        shutil.rmtree(cache_dir)
+        reads += [oa.cache_read.submit(ref).result(timeout=60) for _ in range(2)]
+    assert [r["sha"] for r in reads] == [digest] * 4
+    assert all(r["cached"] for r in reads)
+    assert [r["fetched"] for r in reads] == [True, False, True, False]
+    assert (cache_dir / digest[:2] / digest).stat().st_size == len(data)
+
+
 def test_the_cache_is_set_by_the_environment(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -489,3 +489,86 @@ def test_a_task_argument_over_the_inline_limit_goes_through_s3(
         assert s3.keys(f"{oa.PREFIX}/") == sorted(key_of(oa.PREFIX, row.digest) for row in rows)
     finally:
         app.close()
+
+
+# -- the collector on another host ------------------------------------------------
+def test_verify_while_the_server_is_down_raises(objects: Objects, s3: S3Server) -> None:
+    """An outage says nothing about any object: verify raises, it does not
+    report every object as damaged."""
+    objects.put(b"one")
+    objects.put(b"two")
+    s3.stop()
+    try:
+        with pytest.raises(StoreUnavailableError, match="cannot be reached"):
+            objects.verify()
+    finally:
+        s3.restart()  # (moto keeps its objects in memory: they are gone now)
+
+
+def test_a_put_again_after_another_host_collected_stores_it_anew(
+    sqlite_url: str, url: str, s3: S3Server, prefix: str
+) -> None:
+    """Host A put an object, host B collected it (row and bytes); A's next put
+    of the same bytes must store them again, not find a stale listing."""
+    with open_store(sqlite_url) as store:
+        a = Objects(store, url, cache=False)
+        b = Objects(store, url, cache=False)
+        data = blob(21, 2 * MiB)
+        ref = a.put(data)
+        assert a.read_bytes(ref) == data
+        assert [row.digest for row in b.gc(grace=0).collected] == [ref.digest]
+        assert s3.keys(f"{prefix}/") == []
+        again = a.put(data)
+        assert again == ref
+        assert s3.keys(f"{prefix}/") == [key_of(prefix, ref.digest)]
+        assert b.read_bytes(again) == data
+        assert a.verify() == []
+
+
+def test_bytes_a_dead_collector_moved_aside_come_back(
+    objects: Objects, s3: S3Server, prefix: str
+) -> None:
+    """A collector killed between moving the bytes aside and its second look,
+    while a put recorded the object again: the next collection puts them back;
+    bytes moved aside whose row is gone are dropped."""
+    kept = objects.put(blob(22, MiB))
+    objects.pin(kept)
+    gone = blob(23, MiB)
+    client = s3.client()
+    for digest in (kept.digest, sha(gone)):
+        if digest == sha(gone):
+            client.put_object(Bucket=s3.bucket, Key=key_of(prefix, digest), Body=gone)
+        client.copy_object(
+            Bucket=s3.bucket,
+            Key=f"{prefix}/trash/{digest}.{uuid.uuid4().hex}",
+            CopySource={"Bucket": s3.bucket, "Key": key_of(prefix, digest)},
+        )
+        client.delete_object(Bucket=s3.bucket, Key=key_of(prefix, digest))
+    with pytest.raises(accord.ObjectNotFound):
+        objects.read_bytes(kept)
+    objects.gc(grace=0)
+    assert objects.read_bytes(kept) == blob(22, MiB)
+    assert s3.keys(f"{prefix}/") == [key_of(prefix, kept.digest)]
+    assert objects.verify() == []
+
+
+def test_a_put_whose_publish_fails_records_nothing(
+    objects: Objects, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row is recorded before the bytes are published under their digest;
+    if publishing fails, the row goes again: no row without its bytes."""
+    fs = objects.backend.fs  # type: ignore[attr-defined]
+    real_mv = fs.mv
+
+    def mv(source: str, target: str, *args: object, **kwargs: object) -> object:
+        if "/tmp/" in source:
+            s3.stop()
+        return real_mv(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "mv", mv)
+    try:
+        with pytest.raises(StoreUnavailableError):
+            objects.put(blob(24, MiB))
+    finally:
+        s3.restart()
+    assert objects.ls() == []

@@ -43,3 +43,21 @@ def store_big(key: str, n: int) -> str:
     """A state value over the inline limit, written from a task."""
     accord.current().state.put(key, "s" * n)
     return key
+
+
+@app.task
+def cache_read(ref: ObjectRef) -> dict[str, Any]:
+    """Read ``ref`` through this process's host cache: whether it was fetched."""
+    import hashlib
+
+    from accord.data.objects import current
+
+    objects = current()
+    cache = objects.cache
+    misses = cache.misses if cache is not None else 0
+    data = objects.read_bytes(ref)
+    return {
+        "sha": hashlib.sha256(data).hexdigest(),
+        "cached": cache is not None,
+        "fetched": cache is not None and cache.misses > misses,
+    }

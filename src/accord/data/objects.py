@@ -47,7 +47,7 @@ from accord.data.local import LocalDir, LocalUpload
 from accord.data.reader import VerifiedReader, corrupt
 from accord.data.ref import ObjectRef, check_ref
 from accord.data.remote import Remote
-from accord.errors import ConfigError, CorruptObjectError, ObjectNotFound
+from accord.errors import ConfigError, CorruptObjectError, ObjectNotFound, StoreError
 from accord.store.records import ObjectRow
 from accord.store.sql.objects import ObjectsMixin
 
@@ -252,10 +252,19 @@ class Objects:
             try:
                 upload.publish(digest)
             except BaseException:
-                if not self.backend.has(digest):  # no row without its bytes
-                    self.store.object_forget(digest, row.touched_at + 1e-6)
+                self._unrecord(digest, row.touched_at)
                 raise
         return ObjectRef(row.digest, row.size, row.kind)
+
+    def _unrecord(self, digest: str, touched_at: float) -> None:
+        """A publish failed after the row went in: take the row out again
+        (unless the bytes are there after all), so no row lacks its bytes."""
+        try:
+            if self.backend.has(digest):
+                return
+        except StoreError:
+            pass  # the store cannot be asked: take no chance on a row without bytes
+        self.store.object_forget(digest, touched_at + 1e-6)
 
     # -- reading -------------------------------------------------------------
     def ref(self, digest: str) -> ObjectRef:
