@@ -14,7 +14,7 @@ import errno
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 # Errors that mean "this way of copying is not offered here": try the next.
@@ -95,17 +95,4 @@ def synced_copy(source: int, target: int, written: str) -> tuple[str, int]:
     return digest
 
 
-def hashed_writes(parts: Iterable[memoryview], write: Callable[[memoryview], Any]) -> str:
-    """``write`` each part while a second thread hashes them all; the sha256."""
-    parts = list(parts)
-    digest = hashlib.sha256()
-
-    def hash_all() -> None:
-        for part in parts:
-            digest.update(part)
-
-    beside(lambda: [write(part) for part in parts], hash_all)
-    return digest.hexdigest()
-
-
-__all__ = ["beside", "hash_path", "hashed_writes", "kernel_copy", "synced_copy"]
+__all__ = ["beside", "hash_path", "kernel_copy", "synced_copy"]

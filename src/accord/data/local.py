@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from accord.data.backends import Backend, Upload, alive, os_error
-from accord.data.copying import hashed_writes, synced_copy
+from accord.data.copying import synced_copy
 
 
 def _fsync_dir(path: Path) -> None:
@@ -203,14 +203,6 @@ class LocalUpload(Upload):
         assert self.file is not None
         try:
             self.file.write(data)
-        except OSError as exc:
-            raise os_error(exc, self.backend.location) from exc
-
-    def write_all(self, parts: list[memoryview]) -> str:
-        """Write ``parts`` while a second core hashes them; their sha256."""
-        assert self.file is not None
-        try:
-            return hashed_writes(parts, self.file.write)
         except OSError as exc:
             raise os_error(exc, self.backend.location) from exc
 

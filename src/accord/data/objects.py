@@ -52,8 +52,8 @@ from accord.store.records import ObjectRow
 from accord.store.sql.objects import ObjectsMixin
 
 log = logging.getLogger("accord.data")
+_SLICE = 8 * 1024 * 1024
 DEFAULT_INLINE_LIMIT = 1024 * 1024
-_BESIDE = 4 * 1024 * 1024  # from this size a put hashes on a second core
 
 # Weak: the current object store must not keep its store (and files) open.
 _current: weakref.ref[Objects] | None = None
@@ -184,26 +184,27 @@ class Objects:
         return self._write(chunks(stream), "bytes")
 
     def _put_parts(self, parts: list[memoryview], kind: str) -> ObjectRef:
-        size = sum(p.nbytes for p in parts)
-        if size >= _BESIDE and isinstance(self.backend, LocalDir):
-            # Written while a second core hashes; made durable only once the
-            # lookup says the object is new.
-            upload = self.backend.begin()
-            assert isinstance(upload, LocalUpload)
-            with aborting(upload):
-                digest = upload.write_all(parts)
-                found = self._existing(digest)
-                if found is not None:
-                    upload.abort()
-                    return found
-                upload.finish()
-                return self._commit(upload, digest, size, kind)
+        # The digest first: a value stored already (a dataset passed to task
+        # after task) costs its hash and a lookup, and no write at all.
         hashed = hashlib.sha256()
         for part in parts:
             hashed.update(part)
+        size = sum(p.nbytes for p in parts)
         found = self._existing(hashed.hexdigest())
         if found is not None:
             return found
+        if isinstance(self.backend, LocalDir):
+            # Not hashed again: bytes that another thread changed meanwhile
+            # would be stored under a digest they do not match, and every read
+            # checks it, so they are never returned. Written in slices of 8 MiB
+            # (one write of hundreds of MiB can take ten times as long).
+            upload = self.backend.begin()
+            with aborting(upload):
+                for part in parts:
+                    for at in range(0, part.nbytes, _SLICE):
+                        upload.write(part[at : at + _SLICE])
+                upload.finish()
+                return self._commit(upload, hashed.hexdigest(), size, kind)
         pieces = (p[i : i + CHUNK] for p in parts for i in range(0, max(p.nbytes, 1), CHUNK))
         return self._write(pieces, kind, expect=(hashed.hexdigest(), size))
 
