@@ -84,6 +84,28 @@ def test_a_file_mode_from_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not any("?" in name for name in os.listdir(tmp_path / ".accord"))
 
 
+@pytest.mark.parametrize("mode", [0o600, 0o660])
+def test_the_group_file_and_wake_ups_follow_the_file_mode(tmp_path: Path, mode: int) -> None:
+    """A store a group shares (file_mode=0660) must let the group's processes
+    commit for each other (the -group file) and wake each other (the sockets
+    and their folder); a private one lets no one else."""
+    db = tmp_path / "store.db"
+    store = open_store(f"sqlite:///{db}?file_mode=0{mode:o}")
+    try:
+        assert isinstance(store, SqliteStore)
+        _use(store)
+        waiter = store._wakeups.listen("news")
+        assert waiter is not None
+        try:
+            assert _mode(f"{db}-group") == mode
+            assert _mode(store._wakeups.folder) == {0o600: 0o700, 0o660: 0o770}[mode]
+            assert _mode(waiter.getsockname()) == mode
+        finally:
+            store._wakeups.forget(waiter)
+    finally:
+        store.close()
+
+
 def test_an_explicit_mode_applies_to_an_existing_store(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
     store = open_store(f"sqlite:///{db}")

@@ -430,7 +430,7 @@ _groups_lock = threading.Lock()
 _released: collections.deque[str] = collections.deque()
 
 
-def group_for(db_path: str, owner: object) -> CommitGroup:
+def group_for(db_path: str, owner: object, mode: int = 0o600) -> CommitGroup:
     """The one CommitGroup of this process for a database file.
 
     One per file, not per store object: two leaders in one process would
@@ -444,7 +444,7 @@ def group_for(db_path: str, owner: object) -> CommitGroup:
         _drain_released()
         group, users = _groups.get(key, (None, 0))
         if group is None:
-            group = CommitGroup(key)
+            group = CommitGroup(key, mode)
         _groups[key] = (group, users + 1)
     weakref.finalize(owner, _released.append, key)
     return group

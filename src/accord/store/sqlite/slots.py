@@ -177,17 +177,17 @@ def _reserve(fd: int, size: int) -> None:
 class _Mapped:
     """This process's view of the slot file (one descriptor per process)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, mode: int = 0o600) -> None:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
         except OSError as exc:
             raise _full(path, exc) from exc
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX, 1, _QUEUE_BYTE)
             try:
                 st = os.fstat(fd)
-                if st.st_mode & 0o077 and st.st_uid == os.geteuid():
-                    os.fchmod(fd, 0o600)  # made by an older accord: only the owner reads it
+                if st.st_mode & 0o777 != mode and st.st_uid == os.geteuid():
+                    os.fchmod(fd, mode)  # the store's file mode, whatever the umask
                 # Reserve the blocks before mapping: writing through a map onto
                 # a full disk raises SIGBUS; this raises ENOSPC instead. Also
                 # for a file that exists (an older accord made it sparse).
@@ -245,8 +245,9 @@ class _Mapped:
 class SlotTable:
     """This process's view of the shared request table of one database file."""
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, mode: int = 0o600) -> None:
         self.path = f"{db_path}-group"
+        self.mode = mode  # the store's file mode: who may write beside its owner
         self._mapped: _Mapped | None = None
         self._open_lock = threading.Lock()
         # POSIX record locks belong to the process: threads exclude each other here.
@@ -270,7 +271,7 @@ class SlotTable:
                     self._leader_guard = threading.Lock()
                     self._queue_guard = threading.Lock()
                     self._mine = set()
-                    mapped = self._mapped = _Mapped(self.path)
+                    mapped = self._mapped = _Mapped(self.path, self.mode)
         return mapped
 
     def close(self) -> None:

@@ -61,6 +61,7 @@ class SqliteStateMixin(SqlStateMixin):
     if TYPE_CHECKING:
         path: str
         busy_timeout: float
+        file_mode: int
 
         def _tx(self) -> AbstractContextManager[_Tx]: ...
 
@@ -111,7 +112,7 @@ class SqliteStateMixin(SqlStateMixin):
     def _commit_group(self) -> CommitGroup:
         group = self.__dict__.get("_state_group")
         if group is None:
-            group = self.__dict__["_state_group"] = group_for(self.path, self)
+            group = self.__dict__["_state_group"] = group_for(self.path, self, self.file_mode)
         return group
 
     def _lead(self, own: _TxnRequest | None) -> TxnOutcome | None:

@@ -85,7 +85,7 @@ class SqliteStore(SqliteDialect, SqliteStateMixin, SqlStore):
                 f"for example sqlite:///{os.path.join(self.path, 'accord.db')}",
                 path=self.path,
             )
-        self._wakeups = Wakeups(self.path)
+        self._wakeups = Wakeups(self.path, self.file_mode)
         self._waiters: list[socket.socket] = []
         parent = Path(self.path).parent
         if not parent.exists():

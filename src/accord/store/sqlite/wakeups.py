@@ -8,6 +8,8 @@ import os
 import socket
 import tempfile
 
+from accord.store.sqlite.url import dir_mode
+
 
 class Wakeups:
     """Cross-process wake-ups for one store file, over Unix datagram sockets.
@@ -23,7 +25,11 @@ class Wakeups:
     datagram and is removed by the sender.
     """
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, file_mode: int = 0o600) -> None:
+        # Who may wake whom follows the store's files: their mode (0600 by
+        # default, 0660 for a store a group shares) for each socket, and the
+        # folder's to match.
+        self.file_mode = file_mode
         real = os.path.realpath(db_path)
         folder = real + "-wake"
         # A socket path is at most 108 bytes: fall back to the temp folder.
@@ -41,7 +47,9 @@ class Wakeups:
         if not self.enabled:
             return None
         try:
-            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            if not os.path.isdir(self.folder):
+                os.makedirs(self.folder, exist_ok=True)
+                os.chmod(self.folder, dir_mode(self.file_mode))  # whatever the umask
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             path = os.path.join(self.folder, f"{kind}-{os.getpid()}-{next(self._names)}")
             try:
@@ -49,6 +57,7 @@ class Wakeups:
             except FileNotFoundError:
                 pass
             sock.bind(path)
+            os.chmod(path, self.file_mode)
             sock.setblocking(False)
         except OSError:
             return None
