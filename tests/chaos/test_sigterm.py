@@ -27,12 +27,14 @@ LEASE = 4.0
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("grace", "task_s"),
-    [(10.0, 2.0), (0.0, 3.0), (0.5, 3.0)],
-    ids=["grace-covers-task", "grace-0", "grace-shorter-than-task"],
+    [(10.0, 2.0), (12.0, 8.0), (0.0, 3.0), (0.5, 3.0)],
+    ids=["grace-covers-task", "grace-longer-than-the-lease", "grace-0", "grace-shorter-than-task"],
 )
 def test_q15_sigterm_mid_task(tmp_path: Path, app: accord.App, grace: float, task_s: float) -> None:
     """Q15: SIGTERM 0.5 s into a task. With a grace that covers the task, it
-    completes on its node (one execution) and the node exits 0. With a
+    completes on its node (one execution) and the node exits 0, also when
+    the task runs on for longer than a lease (the stopping node keeps
+    heartbeating through its grace). With a
     shorter grace, the task is released when the grace ends and another node
     starts it within lease/2 of that (a lease expiry would take longer)."""
     started = time.monotonic()

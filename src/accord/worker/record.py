@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 from accord.errors import StoreError, StoreUnavailableError, UnstorableError
 from accord.store.records import ClaimedTask, Completion
@@ -31,7 +32,14 @@ class Recording:
     grace: float
     executed: int
     fenced: int
+    heartbeat_interval: float
     _hard_stop: threading.Event
+
+    if TYPE_CHECKING:
+
+        def _heartbeat(
+            self, pool: Pool, held: dict[int, ClaimedTask], waiting: deque[ClaimedTask]
+        ) -> None: ...
 
     def _drain(
         self,
@@ -49,7 +57,13 @@ class Recording:
         waiting.clear()
         grace = 0.0 if self._hard_stop.is_set() else self.grace
         deadline = time.monotonic() + grace
+        next_heartbeat = time.monotonic()
         while pool.active() and time.monotonic() < deadline and not self._hard_stop.is_set():
+            # The grace may be longer than a lease: keep the running attempts'
+            # leases alive (and learn of any lost meanwhile) as the loop does.
+            if time.monotonic() >= next_heartbeat:
+                self._heartbeat(pool, held, waiting)
+                next_heartbeat = time.monotonic() + self.heartbeat_interval
             done.extend(pool.wait(0.05))
             if done:
                 self._record(done, held)
