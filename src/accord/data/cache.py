@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from accord.data.backends import alive
-from accord.data.reader import corrupt
+from accord.data.reader import corrupt, damage
 from accord.errors import ConfigError
 
 log = logging.getLogger("accord.data")
@@ -117,10 +117,9 @@ class Cache:
                     except OSError as exc:
                         self._unusable(exc)
                         return None
-            if total != size:
-                raise corrupt(digest, location, f"{total} bytes, not {size}")
-            if hashed.hexdigest() != digest:
-                raise corrupt(digest, location, "its bytes do not hash to its digest")
+            why = damage(digest, size, (hashed.hexdigest(), total))
+            if why is not None:
+                raise corrupt(digest, location, why)
             file = self._file(digest)
             try:
                 file.parent.mkdir(parents=True, exist_ok=True)

@@ -52,16 +52,22 @@ def _sendfile(source: int, target: int) -> int:
     return os.sendfile(target, source, None, _STEP)
 
 
+def hash_stream(file: Any, block: int = _BLOCK) -> tuple[str, int]:
+    """The sha256 and size of what is left to read of ``file`` (read into
+    one reused buffer of ``block`` bytes)."""
+    digest, size = hashlib.sha256(), 0
+    buffer = bytearray(max(1, block))
+    view = memoryview(buffer)
+    while n := file.readinto(buffer):
+        digest.update(view[:n])
+        size += n
+    return digest.hexdigest(), size
+
+
 def hash_path(path: str | os.PathLike[str]) -> tuple[str, int]:
     """The sha256 and size of the file at ``path``."""
-    digest, size = hashlib.sha256(), 0
     with open(path, "rb", buffering=0) as file:
-        buffer = bytearray(max(1, min(_BLOCK, os.fstat(file.fileno()).st_size)))
-        view = memoryview(buffer)
-        while n := file.readinto(buffer):
-            digest.update(view[:n])
-            size += n
-    return digest.hexdigest(), size
+        return hash_stream(file, min(_BLOCK, os.fstat(file.fileno()).st_size))
 
 
 def beside(work: Callable[[], Any], other: Callable[[], Any]) -> Any:
@@ -95,4 +101,4 @@ def synced_copy(source: int, target: int, written: str) -> tuple[str, int]:
     return digest
 
 
-__all__ = ["beside", "hash_path", "kernel_copy", "synced_copy"]
+__all__ = ["beside", "hash_path", "hash_stream", "kernel_copy", "synced_copy"]

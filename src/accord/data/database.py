@@ -64,7 +64,7 @@ class Database(Backend):
 
 class DbUpload(Upload):
     """Chunks written under ``upload:<id>``; the commit renames them (with the
-    catalogue row, in one transaction: see :meth:`Objects._record`)."""
+    catalogue row, in one transaction: see :meth:`Objects._commit`)."""
 
     def __init__(self, store: ObjectsMixin) -> None:
         self.store = store

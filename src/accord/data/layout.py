@@ -8,12 +8,11 @@ import hashlib
 import mmap
 import struct
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from accord import serde
 from accord.data.backends import CHUNK, os_error
-from accord.data.reader import corrupt
+from accord.data.reader import corrupt, damage
 from accord.data.ref import ObjectRef
 from accord.errors import ConfigError
 
@@ -61,10 +60,9 @@ def map_verified(
         raise error from None
     except OSError as exc:
         raise os_error(exc, location) from exc
-    if len(mapped) != ref.size:
-        raise corrupt(ref.digest, location, f"{len(mapped)} bytes, not {ref.size}")
-    if hashlib.sha256(mapped).hexdigest() != ref.digest:
-        raise corrupt(ref.digest, location, "its bytes do not hash to its digest")
+    why = damage(ref.digest, ref.size, (hashlib.sha256(mapped).hexdigest(), len(mapped)))
+    if why is not None:
+        raise corrupt(ref.digest, location, why)
     return mapped
 
 
@@ -73,11 +71,3 @@ def chunks(stream: IO[bytes] | BinaryIO) -> Iterator[bytes]:
         if not isinstance(chunk, bytes | bytearray | memoryview):
             raise ConfigError("put_stream needs a binary stream (opened with 'rb')")
         yield chunk
-
-
-def hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

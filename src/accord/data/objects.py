@@ -31,7 +31,7 @@ import os
 import shutil
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -40,11 +40,11 @@ from accord.data import collect
 from accord.data.backends import CHUNK, Backend, Upload, aborting, os_error
 from accord.data.cache import Cache
 from accord.data.collect import DEFAULT_GRACE, GcReport, Problem
-from accord.data.copying import synced_copy
+from accord.data.copying import hash_stream, synced_copy
 from accord.data.database import Database, DbUpload
-from accord.data.layout import array_from, array_header, chunks, hash_file, map_verified
+from accord.data.layout import array_from, array_header, chunks, map_verified
 from accord.data.local import LocalDir, LocalUpload
-from accord.data.reader import VerifiedReader, corrupt
+from accord.data.reader import VerifiedReader, corrupt, damage
 from accord.data.ref import ObjectRef, check_ref
 from accord.data.remote import Remote
 from accord.errors import ConfigError, CorruptObjectError, ObjectNotFound, StoreError
@@ -170,8 +170,8 @@ class Objects:
                         return found
                     return self._commit(upload, digest, size, "bytes")
             # Elsewhere the digest comes first: an object that is there is not sent again.
-            digest = hash_file(path)
-            size = os.fstat(source.fileno()).st_size
+            digest, size = hash_stream(source)
+            source.seek(0)
             found = self._existing(digest)
             if found is not None:
                 return found
@@ -200,13 +200,11 @@ class Objects:
             # (one write of hundreds of MiB can take ten times as long).
             upload = self.backend.begin()
             with aborting(upload):
-                for part in parts:
-                    for at in range(0, part.nbytes, _SLICE):
-                        upload.write(part[at : at + _SLICE])
+                for piece in _slices(parts, _SLICE):
+                    upload.write(piece)
                 upload.finish()
                 return self._commit(upload, hashed.hexdigest(), size, kind)
-        pieces = (p[i : i + CHUNK] for p in parts for i in range(0, max(p.nbytes, 1), CHUNK))
-        return self._write(pieces, kind, expect=(hashed.hexdigest(), size))
+        return self._write(_slices(parts, CHUNK), kind, expect=(hashed.hexdigest(), size))
 
     def _existing(self, digest: str) -> ObjectRef | None:
         """The object ``digest`` if it is whole here (its grace starts over)."""
@@ -331,12 +329,8 @@ class Objects:
         of the same bytes stores them anew."""
         try:
             with self.backend.open(ref.digest) as raw:
-                digest, size = hashlib.sha256(), 0
-                while chunk := raw.read(CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-            if (digest.hexdigest(), size) == (ref.digest, ref.size):
-                return
+                if damage(ref.digest, ref.size, hash_stream(raw, CHUNK)) is None:
+                    return
             self.backend.set_aside(ref.digest)
         except (ObjectNotFound, OSError) as exc:
             log.warning("object %s is damaged and could not be set aside: %s", ref.digest, exc)
@@ -417,11 +411,9 @@ class Objects:
                     out.flush()
                     with source:
                         written = synced_copy(source.fileno(), out.fileno(), str(part))
-                    if written != (ref.digest, ref.size):
+                    why = damage(ref.digest, ref.size, written)
+                    if why is not None:
                         on_corrupt()
-                        why = "its bytes do not hash to its digest"
-                        if written[1] != ref.size:
-                            why = f"{written[1]} bytes, not {ref.size}"
                         raise corrupt(ref.digest, where, why)
             os.replace(part, target)
         except OSError as exc:
@@ -490,6 +482,13 @@ class Objects:
 
     def fetch_bytes(self, claim: bytes) -> bytes:
         return self.read_bytes(ObjectRef.unpack(claim))
+
+
+def _slices(parts: list[memoryview], step: int) -> Iterator[memoryview]:
+    """``parts`` in pieces of at most ``step`` bytes (an empty part as one empty piece)."""
+    for part in parts:
+        for at in range(0, max(part.nbytes, 1), step):
+            yield part[at : at + step]
 
 
 __all__ = ["GcReport", "Objects", "Problem", "current"]

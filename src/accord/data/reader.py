@@ -19,6 +19,16 @@ from accord.data.copying import beside
 from accord.errors import CorruptObjectError
 
 
+def damage(digest: str, size: int, found: tuple[str, int]) -> str | None:
+    """What is wrong with bytes that hash to ``found`` (digest, size) for the
+    object ``digest`` of ``size`` bytes; None if nothing."""
+    if found[1] != size:
+        return f"{found[1]} bytes, not {size}"
+    if found[0] != digest:
+        return "its bytes do not hash to its digest"
+    return None
+
+
 def corrupt(digest: str, location: str, why: str) -> CorruptObjectError:
     return CorruptObjectError(
         f"object {digest} in {location} is damaged ({why}); it was not returned. Run "
@@ -99,10 +109,9 @@ class VerifiedReader(io.RawIOBase):
         return corrupt(self.digest, self.location, why)
 
     def _check(self, hashed: int) -> None:
-        if hashed != self.size:
-            raise self._fail(f"{hashed} bytes, not {self.size}")
-        if self.hash.hexdigest() != self.digest:
-            raise self._fail("its bytes do not hash to its digest")
+        why = damage(self.digest, self.size, (self.hash.hexdigest(), hashed))
+        if why is not None:
+            raise self._fail(why)
         self.verified = True
 
     def verify(self) -> None:
