@@ -14,7 +14,10 @@ import abc
 import contextlib
 import errno
 import os
+import socket
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import IO
 
 from accord.errors import (
@@ -135,6 +138,22 @@ def aborting(upload: Upload) -> Iterator[None]:
         raise
 
 
+def part_name() -> str:
+    """A temporary file's name that says who writes it (pid and host)."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}-{socket.gethostname()}.part"
+
+
+def abandoned(part: Path, older_than: float) -> bool:
+    """Whether the temporary file ``part`` (named by :func:`part_name`) was
+    left by a writer that is gone: one of this host that died, or another
+    host's (or one named otherwise) not written to since ``older_than``."""
+    pid, _, rest = part.name.partition("-")
+    host = rest.removesuffix(".part").partition("-")[2]
+    if host == socket.gethostname() and pid.isdigit():
+        return not alive(int(pid))
+    return part.stat().st_mtime < older_than
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` of this host still runs."""
     if pid <= 0:
@@ -148,4 +167,4 @@ def alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["CHUNK", "Backend", "Upload", "aborting", "alive", "os_error"]
+__all__ = ["CHUNK", "Backend", "Upload", "abandoned", "aborting", "alive", "os_error", "part_name"]

@@ -21,18 +21,17 @@ import logging
 import os
 import re
 import time
-import uuid
 from pathlib import Path
 from typing import IO
 
-from accord.data.backends import alive
+from accord.data.backends import abandoned, part_name
 from accord.data.reader import corrupt, damage
 from accord.errors import ConfigError
 
 log = logging.getLogger("accord.data")
 DEFAULT_CACHE_SIZE = 2 * 1024**3
 CHUNK = 1024 * 1024
-STALE_PART = 3600.0  # seconds: a partial copy older than this is left from a dead fill
+STALE_PART = 3600.0  # seconds: a partial copy of another host idle this long is left over
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
 
@@ -99,7 +98,7 @@ class Cache:
         if size > self.limit:
             return None
         self.misses += 1
-        part = self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+        part = self.root / "tmp" / part_name()
         try:
             part.parent.mkdir(parents=True, exist_ok=True)  # each time: it may have gone
             out = part.open("xb")
@@ -164,24 +163,18 @@ class Cache:
         return sum(size for _, size, _ in self.files())
 
     def clear_parts(self) -> int:
-        """Remove partial copies whose filler died (killed mid-fill) or that
-        are older than any fill takes; the number removed."""
+        """Remove partial copies whose filler died (killed mid-fill; another
+        host's once idle for STALE_PART); the number removed."""
         removed = 0
         try:
             parts = list((self.root / "tmp").iterdir())
         except OSError:
             return removed
         for part in parts:
-            owner, _, _ = part.name.partition("-")
             try:
-                if (
-                    owner.isdigit()
-                    and alive(int(owner))
-                    and part.stat().st_mtime > time.time() - STALE_PART
-                ):
-                    continue
-                part.unlink()
-                removed += 1
+                if abandoned(part, time.time() - STALE_PART):
+                    part.unlink()
+                    removed += 1
             except OSError:
                 continue  # finished or removed by another process meanwhile
         return removed

@@ -9,13 +9,12 @@ import errno
 import fcntl
 import io
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from accord.data.backends import Backend, Upload, alive, os_error
+from accord.data.backends import Backend, Upload, abandoned, os_error, part_name
 from accord.data.copying import synced_copy
 
 
@@ -64,7 +63,7 @@ class LocalDir(Backend):
         return self.root / digest[:2] / digest[2:4] / digest
 
     def begin(self) -> Upload:
-        name = f"{os.getpid()}-{uuid.uuid4().hex}-{socket.gethostname()}.part"
+        name = part_name()
         if not self._tmp.is_dir():  # the first put here (or tmp/ was removed)
             try:
                 self._tmp.mkdir(parents=True, exist_ok=True)
@@ -162,19 +161,12 @@ class LocalDir(Backend):
             if not recorded(file.name) or self.has(file.name):  # collected, or put again
                 file.unlink(missing_ok=True)
                 removed += 1
-        here = socket.gethostname()
         for place in (self._tmp, self._trash):
             if not place.is_dir():
                 continue
             for file in place.iterdir():
-                pid, _, rest = file.name.partition("-")
-                _, _, host = rest.removesuffix(".part").partition("-")
                 try:
-                    if host == here and pid.isdigit():
-                        stale = not alive(int(pid))
-                    else:  # another host's put, or an old name: by age
-                        stale = file.stat().st_mtime < older_than
-                    if stale:
+                    if abandoned(file, older_than):
                         file.unlink()
                         removed += 1
                 except FileNotFoundError:
