@@ -53,6 +53,17 @@ def test_retries_with_backoff_then_success(flows: accord.App, mode: str) -> None
     assert info.finished_at - info.created_at >= 0.3
 
 
+def test_lease_losses_is_kept_with_the_task(flows: accord.App) -> None:
+    """The bound on lost leases travels with each task (every process's sweep
+    reads it from the row), from the decorator or one submission."""
+    default = f.square.submit(2)
+    one = f.square.with_options(lease_losses=1).submit(3)
+    assert default.info().max_losses == 3
+    assert one.info().max_losses == 1
+    with pytest.raises(accord.ConfigError, match="lease_losses must be at least 1"):
+        f.square.with_options(lease_losses=0)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_final_failure_raises_task_failed_with_the_error(flows: accord.App, mode: str) -> None:
     handle = f.fails_until.submit(99)

@@ -126,6 +126,8 @@ BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
     ({"retries": -1}, "retries must be at least 0, not -1"),
     ({"retries": 1.5}, "retries must be an integer, not float 1.5"),
     ({"retries": "3"}, "retries must be an integer, not str '3'"),
+    ({"lease_losses": 0}, "lease_losses must be at least 1, not 0"),
+    ({"lease_losses": 2.0}, "lease_losses must be an integer, not float 2.0"),
     ({"priority": "high"}, "priority must be an integer, not str 'high'"),
     ({"priority": True}, "priority must be an integer, not bool True"),
     ({"priority": 1.0}, "priority must be an integer, not float 1.0"),

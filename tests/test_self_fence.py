@@ -67,13 +67,20 @@ def test_a_slow_heartbeat_does_not_extend_the_nodes_belief(app: accord.App, stor
         assert node.node_id is not None
 
         def overshoot() -> float:
-            """How far the node's idea of its lease's end lies past the store's."""
-            ((lease_end,),) = sql(
-                store_url, "SELECT lease_expires_at FROM tasks WHERE id = ?", (handle.id,)
-            )
-            store_left = lease_end - app.store.now()
-            node_left = node._heartbeat_ok + node.lease_ttl - time.monotonic()
-            return node_left - store_left
+            """How far the node's idea of its lease's end lies past the store's.
+
+            The two are read one after the other; a heartbeat that lands
+            between the reads would make the node look a beat ahead, so a
+            sample is taken again until no heartbeat came between."""
+            while True:
+                believed = node._heartbeat_ok
+                ((lease_end,),) = sql(
+                    store_url, "SELECT lease_expires_at FROM tasks WHERE id = ?", (handle.id,)
+                )
+                store_left = lease_end - app.store.now()
+                node_left = believed + node.lease_ttl - time.monotonic()
+                if node._heartbeat_ok == believed:
+                    return node_left - store_left
 
         with node_row_locked(store_url, node.node_id):
             time.sleep(HOLD)  # a heartbeat falls due and waits for the lock

@@ -13,11 +13,20 @@ import accord
 from accord import serde
 from accord.store import open_store, postgres, sqlite
 from accord.store.base import Store
-from accord.store.records import ClaimedTask, Completion, NewRun, NewTask, Outcome, TaskState
-from accord.store.sql.nodes import MAX_LEASE_LOSSES
+from accord.store.records import (
+    LEASE_LOSSES,
+    ClaimedTask,
+    Completion,
+    NewRun,
+    NewTask,
+    Outcome,
+    TaskState,
+)
+from accord.store.sql.core import migrations, statements
 from accord.store.sql.store import SqlStore
 from accord.store.sqlite.store import SqliteStore
 from apps import flows as f
+from support.common import sql
 
 Counts = Callable[[], dict[str, int]]
 
@@ -43,6 +52,30 @@ def _node(store: SqlStore, name: str) -> int:
 
 def _ok(task_id: int, fence: int, value: object) -> Completion:
     return Completion(task_id, fence, Outcome.OK, result=serde.dumps(value))
+
+
+def test_a_store_of_the_previous_schema_is_upgraded_in_place(store_url: str) -> None:
+    """A store written by the accord before the last migration opens, is
+    upgraded, and keeps its tasks (given the new columns' defaults)."""
+    dialect = "sqlite" if store_url.startswith("sqlite:") else "postgresql"
+    scripts = migrations(dialect)
+    previous = scripts[-2][0]
+    sql(store_url, "CREATE TABLE accord_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for _, script in scripts[:-1]:
+        for statement in statements(script):
+            sql(store_url, statement)
+    sql(store_url, "INSERT INTO accord_meta VALUES ('schema_version', ?)", (str(previous),))
+    sql(store_url, "INSERT INTO runs (id, app, name, created_at) VALUES (1, 'flows', 'old', 0)")
+    sql(
+        store_url,
+        "INSERT INTO tasks (id, run_id, queue, name, state, args, created_at) "
+        "VALUES (1, 1, 'flows', 'square', 'ready', ?, 0)",
+        (serde.dumps([[4], {}]),),
+    )
+    with open_store(store_url) as store:
+        assert store.schema_version() == scripts[-1][0] > previous  # type: ignore[attr-defined]
+        old = store.task(1)
+        assert (old.name, old.state, old.max_losses) == ("square", TaskState.READY, LEASE_LOSSES)
 
 
 @pytest.mark.sqlite_only
@@ -325,12 +358,18 @@ def test_stale_fence_is_refused_and_changes_nothing(store: SqlStore) -> None:
     assert "lease expired on node old" in (expired[0].detail or "")
 
 
-def test_lease_lost_again_and_again_fails_the_task(store: SqlStore) -> None:
+@pytest.mark.parametrize("bound", [None, 1, 5])
+def test_lease_lost_again_and_again_fails_the_task(store: SqlStore, bound: int | None) -> None:
     """A lost lease is the node's fault and does not use up the task's retries,
-    but a task that every node loses (it kills or hangs them) ends up failed."""
-    run_id, (task_id,) = store.submit([_task("square", 4)], run=NewRun(app="flows", name="x"))
+    but a task that every node loses (it kills or hangs them) ends up failed,
+    after the task's own bound (``lease_losses``) or the default."""
+    losses = LEASE_LOSSES if bound is None else bound
+    fields = {} if bound is None else {"max_losses": bound}
+    run_id, (task_id,) = store.submit(
+        [_task("square", 4, **fields)], run=NewRun(app="flows", name="x")
+    )
     fences = []
-    for n in range(MAX_LEASE_LOSSES):
+    for n in range(losses):
         node = _node(store, f"doomed{n}")
         _, claimed = store.exchange(node, [], queue="flows", claim=1, lease_ttl=0.05)
         assert [t.id for t in claimed] == [task_id]
@@ -343,9 +382,9 @@ def test_lease_lost_again_and_again_fails_the_task(store: SqlStore) -> None:
     info = store.task(task_id)
     assert info.state is TaskState.FAILED
     assert info.error_type == "LeaseExpired"
-    assert f"lost its lease {MAX_LEASE_LOSSES} times" in (info.error or "")
+    assert f"lost its lease {losses} times" in (info.error or "")
     kinds = [e.kind for e in store.events(run_id)]
-    assert kinds.count("lease_expired") == MAX_LEASE_LOSSES
+    assert kinds.count("lease_expired") == losses
     assert "failed" in kinds and "run_failed" in kinds
     assert store.run(run_id).state == "failed"
 

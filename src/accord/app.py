@@ -174,6 +174,7 @@ class App:
         weight: float = 0.0,
         size: float | Callable[..., float] = 1.0,
         retries: int = 0,
+        lease_losses: int = 3,
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         timeout: float | None = None,
@@ -195,6 +196,9 @@ class App:
           (>= 0, or a function of the arguments): the cost C = w + d / v.
         - ``retries`` (>= 0): further attempts after a failure, waiting
           ``backoff * 2**(n-1)`` seconds with jitter, at most ``max_backoff``.
+        - ``lease_losses`` (>= 1, default 3): a lease lost because the node
+          died or hung does not use up retries; the task fails once it has
+          lost this many (a task that kills every node that runs it ends).
         - ``timeout`` (> 0 seconds): the attempt is stopped (its process
           killed) and counts as failed.
         - ``requires``: capabilities a node must have; ``resources``: the

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import accord
-from accord.store.sql.nodes import MAX_LEASE_LOSSES
+from accord.store.records import LEASE_LOSSES
 from apps import chaos
 from support.checker import report
 from support.cluster import Cluster
@@ -75,7 +75,7 @@ def test_q13_task_that_kills_its_node_is_bounded_by_lease_expiry(
 ) -> None:
     """Q13: a task that SIGKILLs its own node, on four nodes: each time the
     attempt's lease expires (lease losses do not use up retries) until the
-    task has lost it MAX_LEASE_LOSSES (3) times; then it fails with
+    task has lost it LEASE_LOSSES (3) times; then it fails with
     ``LeaseExpired`` and the fourth node survives."""
     started = time.monotonic()
     store = app.store
@@ -106,8 +106,8 @@ def test_q13_task_that_kills_its_node_is_bounded_by_lease_expiry(
     assert info.state is accord.TaskState.FAILED
     assert info.error_type == "LeaseExpired"
     assert info.error is not None and "lost its lease 3 times" in info.error
-    assert len(settled) == len(later) == MAX_LEASE_LOSSES
-    assert kinds["lease_expired"] == MAX_LEASE_LOSSES
-    assert codes.count(-signal.SIGKILL) == MAX_LEASE_LOSSES and codes.count(None) == 1
+    assert len(settled) == len(later) == LEASE_LOSSES
+    assert kinds["lease_expired"] == LEASE_LOSSES
+    assert codes.count(-signal.SIGKILL) == LEASE_LOSSES and codes.count(None) == 1
     # The task's failure by lease expiry ended its run too.
     assert store.run(info.run_id).state == "failed"

@@ -120,7 +120,8 @@ def tasks(
                 t.name,
                 t.state.value,
                 t.node_name or "-",
-                f"{t.attempts}/{t.max_attempts}" + (f" +{t.losses} lost" if t.losses else ""),
+                f"{t.attempts}/{t.max_attempts}"
+                + (f" +{t.losses}/{t.max_losses} lost" if t.losses else ""),
                 secs(t.created_at, t.started_at),
                 secs(t.started_at, t.finished_at),
                 note[:100],

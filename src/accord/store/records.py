@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 OPEN = ("pending", "ready", "running")
+# Leases a task may lose (its nodes died or hung while holding it) before it
+# fails, unless it says otherwise; lost leases do not use up its retries.
+LEASE_LOSSES = 3
 
 
 class TaskState(enum.StrEnum):
@@ -43,6 +46,7 @@ class NewTask:
     weight: float = 0.0
     size: float = 1.0
     max_attempts: int = 1
+    max_losses: int = LEASE_LOSSES
     backoff: float = 1.0
     max_backoff: float = 60.0
     timeout: float | None = None
@@ -139,6 +143,7 @@ class TaskInfo:
     traceback: str | None
     forward_to: int | None
     losses: int = 0  # leases lost because its node died or hung
+    max_losses: int = LEASE_LOSSES  # ... before it fails
 
 
 @dataclass(slots=True, frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 from accord._checks import check_name, check_text
 from accord.errors import ConfigError
 from accord.scheduling.policy import RESOURCE_KINDS
+from accord.store.records import LEASE_LOSSES
 
 MAX_NAME_BYTES = 256
 _MAX_INT = 2**63 - 1
@@ -48,6 +49,7 @@ class TaskOptions:
     weight: float = 0.0
     size: float | Callable[..., float] = 1.0
     retries: int = 0
+    lease_losses: int = LEASE_LOSSES
     backoff: float = 1.0
     max_backoff: float = 60.0
     timeout: float | None = None
@@ -70,6 +72,7 @@ class TaskOptions:
         if not callable(self.size):
             number("size", self.size)
         integer("retries", self.retries, minimum=0)
+        integer("lease_losses", self.lease_losses, minimum=1)
         number("backoff", self.backoff, strict=True)
         number("max_backoff", self.max_backoff)
         if self.max_backoff < self.backoff:

@@ -123,6 +123,7 @@ class Task(Generic[P, R]):
             weight=opts.weight,
             size=float(size),
             max_attempts=opts.retries + 1,
+            max_losses=opts.lease_losses,
             backoff=opts.backoff,
             max_backoff=opts.max_backoff,
             timeout=opts.timeout,

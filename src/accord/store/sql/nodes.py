@@ -3,8 +3,8 @@
 Registering and stopping nodes, heartbeats (which extend the leases a node
 holds), handing tasks back, and the sweeps that find what nobody looks after
 any more: nodes whose heartbeats stopped, task leases that expired (the task
-goes back to ready, or fails after :data:`MAX_LEASE_LOSSES`), and deadlines
-that passed."""
+goes back to ready, or fails once it has lost its ``lease_losses``), and
+deadlines that passed."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ from accord.hooks import NodeEvent
 from accord.store.sql.core import _Tx
 from accord.store.sql.settle import Settling
 
-# A task whose lease expires this many times (its nodes died or hung while
-# holding it) is failed; lease losses do not count against its retries.
-MAX_LEASE_LOSSES = 3
 _EXPIRED_BATCH = 64
 # Expired leases and missed deadlines are looked for at most this often by
 # each process (claims are much more frequent under load).
@@ -60,16 +57,17 @@ class NodesMixin(Settling):
             self._next_lost_sweep = tx.now + 1.0
             self._mark_lost(tx)
         # A lost lease is the node's fault, not the task's: it does not use up
-        # the task's retries. It is still bounded (MAX_LEASE_LOSSES), so that a
+        # the task's retries. It is still bounded (the task's lease_losses), so that a
         # task that kills or hangs every node that runs it ends up failed.
         expired = c.execute(
-            "SELECT t.id, t.run_id, t.losses, n.name, t.node_id, t.name, t.queue, t.attempts "
+            "SELECT t.id, t.run_id, t.losses, t.max_losses, n.name, t.node_id, t.name, t.queue, "
+            "t.attempts "
             "FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id "
             f"WHERE t.state = 'running' AND t.lease_expires_at < ? LIMIT ?{self.skip_locked_t}",
             (tx.now, _EXPIRED_BATCH),
         ).fetchall()
         failed = False
-        for task_id, run_id, losses, node, node_id, name, queue, attempts in expired:
+        for task_id, run_id, losses, max_losses, node, node_id, name, queue, attempts in expired:
             losses += 1
             why = f"lease expired on node {node} (the node died or hung; loss {losses})"
             self._event(tx, "lease_expired", run_id, task_id, why)
@@ -81,7 +79,7 @@ class NodesMixin(Settling):
                 error=why,
                 error_type="LeaseExpired",
             )
-            if losses >= MAX_LEASE_LOSSES:
+            if losses >= max_losses:
                 self._fail(
                     tx,
                     task_id,

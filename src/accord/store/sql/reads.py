@@ -22,7 +22,7 @@ _TASK_INFO_SQL = """
 SELECT t.id, t.run_id, t.parent_id, t.name, t.queue, t.state, t.priority, t.attempts,
        t.max_attempts, t.fence, t.node_id, n.name, t.created_at, t.started_at,
        t.finished_at, t.ready_at, t.deadline_at, t.requires, t.resources, t.error,
-       t.error_type, t.traceback, t.forward_to, t.losses
+       t.error_type, t.traceback, t.forward_to, t.losses, t.max_losses
 FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id
 """
 
@@ -156,4 +156,5 @@ def _task_info(r: Any) -> TaskInfo:
         traceback=r[21],
         forward_to=r[22],
         losses=r[23],
+        max_losses=r[24],
     )

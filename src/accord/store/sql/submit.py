@@ -244,6 +244,7 @@ class SubmitMixin(Settling, LimitsMixin):
                     len(deps),
                     remaining,
                     task.max_attempts,
+                    task.max_losses,
                     task.backoff,
                     task.max_backoff,
                     task.timeout,
@@ -263,10 +264,10 @@ class SubmitMixin(Settling, LimitsMixin):
             c.executemany(
                 "INSERT INTO tasks (id, run_id, parent_id, seq, idempotency_key, queue, name, "
                 "state, priority, weight, size, args, n_deps, deps_remaining, max_attempts, "
-                "backoff, max_backoff, timeout, requires, resources, ready_at, created_at, "
-                "error, finished_at, deadline_at, req_key, limit_key) "
+                "max_losses, backoff, max_backoff, timeout, requires, resources, ready_at, "
+                "created_at, error, finished_at, deadline_at, req_key, limit_key) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?)",
+                "?, ?, ?, ?, ?)",
                 rows,
             )
         if dep_rows:
