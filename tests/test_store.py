@@ -312,6 +312,28 @@ def test_a_claim_alone_is_no_news_to_waiting_clients(pg_url: str) -> None:
         assert watcher.wait_changed(5)
 
 
+@pytest.mark.parametrize("handback", ["lease expired", "released"])
+def test_a_task_given_back_keeps_its_place_in_line(store: SqlStore, handback: str) -> None:
+    """A task whose lease expired, or that its node handed back, is claimed
+    before the tasks that became ready with it or after it, however many:
+    its place is its ready time, then its id, on both backends (on
+    PostgreSQL an index holding equal ready times in row-version order put
+    the task back behind all of them)."""
+    _, ids = store.submit(
+        [_task("square", i) for i in range(300)], run=NewRun(app="flows", name="x")
+    )
+    first = _node(store, "first")
+    _, (held,) = store.exchange(first, [], queue="flows", claim=1, lease_ttl=0.05)
+    assert held.id == ids[0]
+    if handback == "released":
+        store.release(first, [(held.id, held.fence)])
+    else:
+        time.sleep(0.1)
+    second = _node(store, "second")
+    _, claimed = store.exchange(second, [], queue="flows", claim=3, lease_ttl=30)
+    assert [t.id for t in claimed] == [ids[0], ids[1], ids[2]]
+
+
 def test_stale_fence_is_refused_and_changes_nothing(store: SqlStore) -> None:
     run_id, (task_id,) = store.submit(
         [_task("square", 4, max_attempts=3)], run=NewRun(app="flows", name="x")

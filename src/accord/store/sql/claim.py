@@ -192,7 +192,7 @@ class ClaimMixin(CompleteMixin, NodesMixin, LimitsMixin):
                 oldest = c.execute(
                     "SELECT id, priority, weight, size, ready_at, deadline_at, resources, "
                     "limit_key FROM tasks WHERE queue = ? AND state = 'ready' AND req_key = ? "
-                    "AND priority = ? AND ready_at <= ? ORDER BY ready_at LIMIT ?",
+                    "AND priority = ? AND ready_at <= ? ORDER BY ready_at, id LIMIT ?",
                     params,
                 ).fetchall()
                 candidates += oldest
@@ -206,7 +206,7 @@ class ClaimMixin(CompleteMixin, NodesMixin, LimitsMixin):
                         # "+ready_at": not a range on tasks_ready, which SQLite
                         # would otherwise pick and sort the whole level by cost.
                         "AND req_key = ? AND priority = ? AND +ready_at <= ? "
-                        "ORDER BY weight + size, ready_at LIMIT ?",
+                        "ORDER BY weight + size, ready_at, id LIMIT ?",
                         params,
                     ).fetchall()
             level = self._next_level(c, queue, level_req, level_priority)
