@@ -80,20 +80,29 @@ def test_run_of_a_failing_workflow_exits_1(accord_env: dict[str, str], tmp_path:
     assert done.stdout == ""
 
 
-def test_run_timeout_exits_3(accord_env: dict[str, str], tmp_path: Path) -> None:
+def test_run_timeout_exits_3_at_once_and_says_what_becomes_of_the_run(
+    accord_env: dict[str, str], tmp_path: Path, flows: accord.App
+) -> None:
+    began = time.monotonic()
     done = cli(
         accord_env,
         tmp_path,
         "run",
         "apps.flows:slow_children",
         "1",
-        "2.0",
+        "20.0",
         "--timeout",
-        "0.3",
+        "1",
         "--no-progress",
     )
+    took = time.monotonic() - began
     assert done.returncode == 3
-    assert "error: the run did not finish within 0.3 s" in done.stderr
+    assert "error: run 1 did not finish within 1.0 s" in done.stderr
+    # The node of the command stopped with it: nothing serves the app now.
+    assert "none is live now" in done.stderr and "accord worker --app" in done.stderr
+    assert took < 15, f"the command took {took:.1f} s (the sleeper was handed back, not awaited)"
+    (sleeper,) = [t for t in flows.store.tasks(1) if t.name.endswith("sleeper")]
+    assert sleeper.state is accord.TaskState.READY
 
 
 def test_inspection_commands(store_url: str, accord_env: dict[str, str], tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
-"""Following a run from the shell: a progress bar of its tasks, a time limit."""
+"""Following a run from the shell: a progress bar of its tasks, a time limit,
+interrupts."""
 
 from __future__ import annotations
 
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -70,7 +73,34 @@ def with_timeout(fn: Callable[[], Any], timeout: float | None) -> Any:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise TimeoutError(f"the run did not finish within {timeout} s (it goes on)")
+        raise TimeoutError(f"the run did not finish within {timeout} s")
     if failure:
         raise failure[0]
     return box[0]
+
+
+class Interrupted(Exception):
+    """The waiting command got SIGINT (Ctrl-C) or SIGTERM."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` in the main thread
+    while the block runs (a second signal during the clean-up is ignored:
+    the clean-up hands work back and is short)."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

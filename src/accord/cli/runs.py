@@ -20,10 +20,11 @@ from accord.cli.common import (
     user_errors,
     when,
 )
-from accord.cli.progress import follow, with_timeout
+from accord.cli.progress import Interrupted, follow, interruptible, with_timeout
 from accord.errors import TaskError
 from accord.scheduling.report import live_nodes, unschedulable, unschedulable_reason
-from accord.store import open_store
+from accord.store import DEFAULT_URL, open_store
+from accord.tasks.registry import Runtime
 from accord.worker.embedded import Embedded
 
 
@@ -38,7 +39,10 @@ def run(
 ) -> None:
     """Start a workflow, wait for it and print its value.
 
-    With no node of the app running, a node runs in this process.
+    With no node of the app running, a node runs in this process. Exit
+    status: 0 succeeded, 1 failed, 2 bad input, 3 timed out, 4 cancelled,
+    130 interrupted (Ctrl-C or SIGTERM: the node here hands its running
+    tasks back and the run goes on).
     """
     cwd_on_path()
     with user_errors():
@@ -51,18 +55,52 @@ def run(
         err.print(f"run {started.id} started ({workflow.name})", highlight=False)
         options = {"slots": slots} if slots else {}
         embedded = Embedded(runtime, options)
-        with embedded:
-            try:
-                value = with_timeout(
-                    lambda: follow(
-                        started, label=workflow.name, show=progress, check=embedded.check
-                    ),
-                    timeout,
-                )
-            except TaskError as exc:
-                err.print(f"[red]run {started.id} failed:[/red] {exc}", highlight=False)
-                raise typer.Exit(1) from None
+        try:
+            with interruptible(), embedded:
+                try:
+                    value = with_timeout(
+                        lambda: follow(
+                            started, label=workflow.name, show=progress, check=embedded.check
+                        ),
+                        timeout,
+                    )
+                except (Interrupted, TimeoutError):
+                    embedded.hand_back()
+                    raise
+        except Interrupted as exc:
+            err.print(f"{exc}: {_goes_on(runtime, started.id)}", highlight=False)
+            raise typer.Exit(130) from None
+        except TimeoutError:
+            err.print(
+                f"[red]error:[/red] run {started.id} did not finish within {timeout} s; "
+                + _goes_on(runtime, started.id),
+                highlight=False,
+            )
+            raise typer.Exit(3) from None
+        except TaskError as exc:
+            # A run whose workflow waited on a task that failed ends through a
+            # cancelled wait: it failed. Cancelled means nothing failed.
+            ended = started.info()
+            if ended.state == "cancelled" and not ended.counts.get("failed"):
+                reason = getattr(exc, "reason", None) or exc
+                err.print(f"[yellow]run {started.id} was cancelled:[/yellow] {reason}")
+                raise typer.Exit(4) from None
+            err.print(f"[red]run {started.id} failed:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
         out.print_json(json.dumps(value, default=repr))
+
+
+def _goes_on(runtime: Runtime, run_id: int) -> str:
+    """What becomes of a run its command stopped waiting for, and what to do."""
+    follow_it = f"follow it with: accord tasks {run_id}"
+    live = Embedded.live_nodes(runtime)
+    if live:
+        return f"run {run_id} goes on, on {live} live node(s) of app {runtime.name}; {follow_it}"
+    where = "" if runtime.store_url == DEFAULT_URL else f" --store {runtime.store_url}"
+    return (
+        f"run {run_id} goes on once a node serves app {runtime.name} (none is live now): "
+        f"accord worker --app {runtime.locator()}{where}; {follow_it}"
+    )
 
 
 @cli.command()

@@ -25,11 +25,12 @@ def child_main(locator: str, store_url: str, conn: Connection, node_id: int) -> 
 
     Interrupts go to the node, which decides how to stop; the slot ignores them.
     """
-    # A node blocks its stop signals (it takes them with sigwait); a slot
-    # inherits that mask, so restore it: SIGTERM ends a slot, Ctrl-C does not.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    # A node may block its stop signals (it takes them with sigwait) and a
+    # slot may inherit the mask: ignore SIGINT first, then unblock, so that a
+    # pending Ctrl-C is dropped. SIGTERM ends a slot, Ctrl-C does not.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     _die_with_parent()
     encode = msgspec.msgpack.Encoder().encode
     try:

@@ -45,6 +45,15 @@ class Embedded:
             self.node.stop()
             self.node.join()
 
+    def hand_back(self) -> None:
+        """Stop the in-process node now (the wait was interrupted or gave up):
+        its running attempts are stopped and handed back, to run again on
+        any node, without using up their retries; the run goes on."""
+        node, self.node = self.node, None
+        if node is not None:
+            node.stop(graceful=False)
+            node.join()
+
     def check(self) -> None:
         """Raise the error that stopped the in-process node, if one did
         (its slots cannot load the app, say): waiting on would never end."""
