@@ -18,6 +18,8 @@ differently:
   the listener is disconnected, :meth:`changed` falls back to polling.
 - When the server is unreachable (restart, network cut), operations retry for
   ``retry_for`` seconds before raising :class:`~accord.errors.StoreUnavailableError`.
+  A connection it refuses for good (a wrong password, a missing role or
+  database) raises :class:`~accord.errors.StoreURLError` at once instead.
   A commit whose answer was lost is never retried blindly: it raises
   :class:`~accord.errors.StoreUnavailableError` with ``outcome_unknown=True``.
 """
@@ -230,7 +232,7 @@ class PgStore(PgDialect, PgConnections, SqlStateMixin, PgFastPaths):
             pool.close()
 
     def _listening(self, channel: str) -> _Listener:
-        self._get_pool()
+        self._this_process()
         listener = self._listener
         if listener is None:
             with self._guard:
