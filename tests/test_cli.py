@@ -163,19 +163,20 @@ def test_cancel_a_run(
         (task,) = store.tasks(run.id)
         assert task.error == "cancelled from the command line"
     again = cli(accord_env, tmp_path, "cancel", str(run.id))
-    assert again.returncode == 0 and "0 task(s) cancelled" in again.stdout
+    assert again.returncode == 1
+    assert f"error: run {run.id} has already ended (cancelled)" in again.stderr
 
 
 def test_migrate(store_url: str, accord_env: dict[str, str], tmp_path: Path) -> None:
     other = tmp_path / "fresh.db"
     done = cli(accord_env, tmp_path, "migrate", "--store", f"sqlite:///{other}")
     assert done.returncode == 0, done.stderr
-    assert "schema up to date" in done.stdout
+    assert f"sqlite:///{other}: created (schema {SCHEMA_VERSION})" in done.stdout
     with open_store(f"sqlite:///{other}") as store:
         assert store.schema_version() == SCHEMA_VERSION
     assert not Path(store_url.removeprefix("sqlite:///")).exists()  # --store won over the env
     again = cli(accord_env, tmp_path, "migrate", "--store", f"sqlite:///{other}")
-    assert again.returncode == 0
+    assert again.returncode == 0 and "up to date" in again.stdout
     conn = sqlite3.connect(other)
     conn.execute("UPDATE accord_meta SET value = '999' WHERE key = 'schema_version'")
     conn.commit()
@@ -205,6 +206,7 @@ def test_migrate(store_url: str, accord_env: dict[str, str], tmp_path: Path) -> 
 def test_user_errors_exit_2(
     accord_env: dict[str, str], tmp_path: Path, args: list[str], message: str
 ) -> None:
+    assert cli(accord_env, tmp_path, "migrate").returncode == 0  # the store exists
     done = cli(accord_env, tmp_path, *args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert message in done.stderr
@@ -219,6 +221,7 @@ def test_file_that_is_not_a_store(accord_env: dict[str, str], tmp_path: Path) ->
     done = cli(accord_env, tmp_path, "runs", "--store", f"sqlite:///{junk}")
     assert done.returncode == 2
     assert "error:" in done.stderr and "is not an accord database" in done.stderr
+    assert "ACCORD_STORE" not in done.stderr  # the URL came from --store
     assert junk.read_bytes() == b"\x13\x37" * 3000
 
 

@@ -12,6 +12,7 @@ caller will *do*::
     |   +-- UnstorableError        the store refused a value as invalid for it; fix the value
     |   +-- ClosedError            the app or store was closed; make a new one
     +-- NotFoundError          the id or name does not exist (also a LookupError)
+    |   +-- StoreNotFoundError     no store at that URL (a reading command creates none)
     |   +-- CompactedError         that revision's history was compacted; re-read
     |   +-- ObjectNotFound         no object with that digest in the object store asked
     +-- ConflictError          someone else won a race; re-read and decide
@@ -108,6 +109,14 @@ class NotFoundError(AccordError, LookupError):
 
     code = "not_found"
     status_code = 404
+
+
+class StoreNotFoundError(NotFoundError):
+    """No accord store exists at the URL, and the caller asked not to create
+    one (commands that only read or change what exists never create a store:
+    a mistyped path would otherwise show an empty one)."""
+
+    code = "store_not_found"
 
 
 class CompactedError(NotFoundError):

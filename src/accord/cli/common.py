@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from accord.errors import AccordError
+from accord.store import Store, open_store
 
 
 def command_group(name: str, help: str) -> typer.Typer:
@@ -31,6 +33,25 @@ def command_group(name: str, help: str) -> typer.Typer:
 
 cli = command_group("accord", "Run and inspect accord workflows.")
 
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"accord {version('accord')}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Run and inspect accord workflows."""
+
+
 out = Console()
 if not out.is_terminal:
     # Piped or captured: do not cut table cells to 80 columns.
@@ -41,6 +62,15 @@ StoreOpt = Annotated[
     str | None,
     typer.Option("--store", envvar="ACCORD_STORE", help="Store URL (sqlite:///path.db)."),
 ]
+
+
+@contextmanager
+def existing_store(url: str | None, *, create: bool = False) -> Iterator[Store]:
+    """The store at ``url``, which must exist unless ``create``: commands that
+    read, or change what is there, never create a store (a mistyped path is
+    an error, not a new empty store). Those that start work or add data do."""
+    with user_errors(), open_store(url, create=create) as store:
+        yield store
 
 
 @contextmanager

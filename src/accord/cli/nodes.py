@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from importlib.metadata import version
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from accord.app import locate
-from accord.cli.common import StoreOpt, cli, cwd_on_path, out, user_errors
+from accord.cli.common import (
+    StoreOpt,
+    cli,
+    cwd_on_path,
+    existing_store,
+    out,
+    user_errors,
+)
+from accord.data import Objects
 from accord.data.cache import parse_size
 from accord.errors import ConfigError
 from accord.store import open_store
@@ -20,11 +30,23 @@ from accord.store import open_store
 def worker(
     app_spec: Annotated[str, typer.Option("--app", envvar="ACCORD_APP", help="module:app")],
     store: StoreOpt = None,
-    slots: Annotated[int | None, typer.Option(envvar="ACCORD_SLOTS")] = None,
+    slots: Annotated[
+        int | None,
+        typer.Option(envvar="ACCORD_SLOTS", help="tasks run at once (default: CPU count)"),
+    ] = None,
     mode: Annotated[str, typer.Option(envvar="ACCORD_MODE", help="process or thread")] = "process",
     lease: Annotated[float, typer.Option(envvar="ACCORD_LEASE", help="lease seconds")] = 15.0,
-    grace: Annotated[float, typer.Option(envvar="ACCORD_GRACE")] = 30.0,
-    name: Annotated[str | None, typer.Option(envvar="ACCORD_NODE_NAME")] = None,
+    grace: Annotated[
+        float,
+        typer.Option(
+            envvar="ACCORD_GRACE",
+            help="seconds running tasks may finish in after SIGTERM before they are handed back",
+        ),
+    ] = 30.0,
+    name: Annotated[
+        str | None,
+        typer.Option(envvar="ACCORD_NODE_NAME", help="the node's name (default: HOST:PID)"),
+    ] = None,
     capability: Annotated[list[str] | None, typer.Option(help="capability label")] = None,
     resource: Annotated[
         list[str] | None, typer.Option(help="capacity as KIND=AMOUNT (cpu, gpu, memory in MB)")
@@ -87,7 +109,7 @@ def nodes(
     all_nodes: Annotated[bool, typer.Option("--all", help="include stopped nodes")] = False,
 ) -> None:
     """List nodes with their slots, load and last heartbeat."""
-    with user_errors(), open_store(store) as s:
+    with existing_store(store) as s:
         table = Table(
             "node",
             "name",
@@ -114,7 +136,7 @@ def nodes(
                 n.mode,
                 ",".join(n.capabilities) or "-",
                 " ".join(f"{k}={v:g}" for k, v in sorted(n.resources.items())) or "-",
-                f"{n.speed:.3g}",
+                f"{n.speed:,.0f} size/s" if n.speed >= 100 else f"{n.speed:.3g} size/s",
                 str(n.running),
                 str(n.completed),
                 n.state,
@@ -125,6 +147,44 @@ def nodes(
 
 @cli.command()
 def migrate(store: StoreOpt = None) -> None:
-    """Create or upgrade the store's schema."""
+    """Create the store, or upgrade its schema to this accord's."""
     with user_errors(), open_store(store) as s:
-        out.print(f"{s.url}: schema up to date")
+        now = s.schema_version()
+        found = s.found_version
+        if found == 0:
+            done = f"created (schema {now})"
+        elif found is not None and found < now:
+            done = f"upgraded from schema {found} to {now}"
+        else:
+            done = f"schema {now}, up to date"
+        out.print(f"{s.url}: {done}", highlight=False)
+
+
+@cli.command()
+def info(
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
+) -> None:
+    """Show the store the commands use, its schema, objects and live nodes.
+
+    The store is ``--store``, else ``ACCORD_STORE``, else ./.accord/accord.db.
+    """
+    with existing_store(store) as s:
+        live = [n for n in s.nodes() if n.state == "running"]
+        recent = s.runs(1)
+        facts = {
+            "accord": version("accord"),
+            "store": s.url,
+            "backend": type(s).__name__.removesuffix("Store").lower().replace("pg", "postgresql"),
+            "schema": s.schema_version(),
+            "objects": Objects(s).location,
+            "live_nodes": len(live),
+            "apps": sorted({n.queue for n in live}),
+            "last_run": recent[0].id if recent else None,
+        }
+    if as_json:
+        out.print_json(json.dumps(facts))
+        return
+    for key, value in facts.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        out.print(f"{key + ':':<12}{'-' if shown in (None, '') else shown}", highlight=False)

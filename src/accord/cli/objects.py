@@ -19,11 +19,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from accord.cli.common import StoreOpt, command_group, err, out, user_errors, when
+from accord.cli.common import StoreOpt, command_group, err, existing_store, out, when
 from accord.data import ObjectRef, Objects
 from accord.data.collect import DEFAULT_GRACE
 from accord.errors import ConfigError
-from accord.store import open_store
 from accord.store.records import ObjectRow
 
 objects_cli = command_group("objects", "List, read, put, check and collect stored objects.")
@@ -41,8 +40,8 @@ def register(cli: typer.Typer) -> None:
 
 
 @contextmanager
-def _objects(url: str | None) -> Iterator[Objects]:
-    with user_errors(), open_store(url) as store:
+def _objects(url: str | None, *, create: bool = False) -> Iterator[Objects]:
+    with existing_store(url, create=create) as store:
         yield Objects(store)
 
 
@@ -161,7 +160,7 @@ def put(
     store: StoreOpt = None,
 ) -> None:
     """Store a file's bytes; print the object's digest."""
-    with _objects(store) as objects:
+    with _objects(store, create=True) as objects:
         out.print(objects.put_file(file).digest, highlight=False)
 
 

@@ -14,6 +14,7 @@ from accord.cli.common import (
     cli,
     cwd_on_path,
     err,
+    existing_store,
     out,
     parse_value,
     secs,
@@ -23,7 +24,7 @@ from accord.cli.common import (
 from accord.cli.progress import Interrupted, follow, interruptible, with_timeout
 from accord.errors import TaskError
 from accord.scheduling.report import live_nodes, unschedulable, unschedulable_reason
-from accord.store import DEFAULT_URL, open_store
+from accord.store import DEFAULT_URL
 from accord.tasks.registry import Runtime
 from accord.worker.embedded import Embedded
 
@@ -109,7 +110,7 @@ def runs(
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
 ) -> None:
     """List recent runs."""
-    with user_errors(), open_store(store) as s:
+    with existing_store(store) as s:
         table = Table("run", "name", "app", "state", "tasks", "started", "took", "error")
         for r in s.runs(limit):
             total = sum(r.counts.values())
@@ -133,7 +134,7 @@ def tasks(
     store: StoreOpt = None,
 ) -> None:
     """Show each task of a run: state, node, attempts, timings, error."""
-    with user_errors(), open_store(store) as s:
+    with existing_store(store) as s:
         info = s.run(run_id)
         nodes_now = s.nodes()
         table = Table(
@@ -170,7 +171,8 @@ def tasks(
 @cli.command()
 def status(store: StoreOpt = None) -> None:
     """Queues, live nodes, and ready tasks that no live node can run."""
-    with user_errors(), open_store(store) as s:
+    with existing_store(store) as s:
+        out.print(f"store: {s.url}", highlight=False)
         nodes_now = s.nodes()
         classes = s.ready_classes()
         queues = sorted({c[0] for c in classes} | {n.queue for n in nodes_now})
@@ -202,7 +204,15 @@ def cancel(
     store: StoreOpt = None,
 ) -> None:
     """Cancel every open task of a run."""
-    with user_errors(), open_store(store) as s:
+    with existing_store(store) as s:
+        before = s.run(run_id)
+        if before.state != "running":
+            err.print(
+                f"[red]error:[/red] run {run_id} has already ended ({before.state}); "
+                "nothing to cancel",
+                highlight=False,
+            )
+            raise typer.Exit(1)
         count = s.cancel_run(run_id, "cancelled from the command line")
         out.print(f"run {run_id}: {count} task(s) cancelled")
 
@@ -214,7 +224,9 @@ def events(
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
 ) -> None:
     """Show the event log: failures, retries, lease expiries, node starts and stops."""
-    with user_errors(), open_store(store) as s:
+    with existing_store(store) as s:
+        if run_id is not None:
+            s.run(run_id)  # NotFoundError: no such run
         table = Table("at", "kind", "run", "task", "node", "detail")
         for e in s.events(run_id, limit):
             table.add_row(

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from accord.cli.common import StoreOpt, command_group, err, out, parse_value, user_errors
+from accord.cli.common import (
+    StoreOpt,
+    command_group,
+    err,
+    existing_store,
+    out,
+    parse_value,
+)
 from accord.data import Objects
 from accord.errors import ConfigError
 from accord.messaging import Mailbox, Topic
 from accord.state import Change, Entry, State
-from accord.store import Store, open_store
+from accord.store import Store
 
 state_cli = command_group("state", "Read, write and watch the state store.")
 mailbox_cli = command_group("mailbox", "Look into mailboxes; send a message.")
@@ -42,12 +47,6 @@ def register(cli: typer.Typer) -> None:
     cli.add_typer(state_cli, name="state")
     cli.add_typer(mailbox_cli, name="mailbox")
     cli.add_typer(topic_cli, name="topic")
-
-
-@contextmanager
-def _store(url: str | None) -> Iterator[Store]:
-    with user_errors(), open_store(url) as store:
-        yield store
 
 
 def _namespace(store: Store, app: str | None, run: int | None, agent: str | None) -> State:
@@ -100,10 +99,10 @@ def get(
     revision: Annotated[int | None, typer.Option(help="read at this revision")] = None,
 ) -> None:
     """Print a key's entry as JSON (exit 1 if it is absent)."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         entry = _namespace(s, app, run, agent).get(key, revision=revision)
         if entry is None:
-            err.print(f"key {key!r} is absent")
+            err.print(f"[red]error:[/red] key {key!r} is absent", highlight=False)
             raise typer.Exit(1)
         out.print(_json(_entry(entry)), soft_wrap=True)
 
@@ -121,7 +120,7 @@ def put(
     ] = None,
 ) -> None:
     """Write a key; print the new revision."""
-    with _store(store) as s:
+    with existing_store(store, create=True) as s:
         state = _namespace(s, app, run, agent)
         out.print(state.put(key, parse_value(value), expect_version=expect_version))
 
@@ -136,7 +135,7 @@ def delete(
     prefix: Annotated[bool, typer.Option(help="delete every key under KEY")] = False,
 ) -> None:
     """Delete a key (or a prefix); print how many keys went."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         state = _namespace(s, app, run, agent)
         out.print(state.delete_prefix(key) if prefix else int(state.delete(key)))
 
@@ -153,7 +152,7 @@ def list_keys(
     as_json: JsonOpt = False,
 ) -> None:
     """List the keys under a prefix with their values, revisions and versions."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         entries = _namespace(s, app, run, agent).get_prefix(prefix, revision=revision, limit=limit)
         if as_json:
             for e in entries:
@@ -184,7 +183,7 @@ def watch(
     ] = None,
 ) -> None:
     """Print every change as a JSON line, in revision order."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         state = _namespace(s, app, run, agent)
         seen = 0
         with state.watch(prefix, start_revision=from_revision, exact=exact) as w:
@@ -208,7 +207,7 @@ def history(
     limit: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Print the kept changes of a key (or prefix) as JSON lines, oldest first."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         for c in _namespace(s, app, run, agent).history(key, prefix=prefix, limit=limit):
             out.print(_json(_change(c)), soft_wrap=True)
 
@@ -222,7 +221,7 @@ def snapshot(
     agent: AgentOpt = None,
 ) -> None:
     """Name the current revision; print it."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         out.print(_namespace(s, app, run, agent).snapshot(name))
 
 
@@ -234,7 +233,7 @@ def snapshots(
     agent: AgentOpt = None,
 ) -> None:
     """List the namespace's snapshots."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         table = Table("name", "revision")
         for snap in _namespace(s, app, run, agent).snapshots():
             table.add_row(snap.name, str(snap.revision))
@@ -251,7 +250,7 @@ def rollback(
     agent: AgentOpt = None,
 ) -> None:
     """Make the keys under a prefix what they were at a snapshot or revision."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         if not to:
             raise ConfigError("rollback needs --to SNAPSHOT or --to REVISION")
         target: str | int = int(to) if to.isdigit() else to
@@ -265,7 +264,7 @@ def compact(
     keep: Annotated[int | None, typer.Option(help="keep the last KEEP revisions")] = None,
 ) -> None:
     """Drop old history (store-wide); print the compaction point reached."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         out.print(State(s).compact(revision, keep=keep))
 
 
@@ -275,7 +274,7 @@ def mailbox_stats(
     store: StoreOpt = None,
 ) -> None:
     """Print how many messages are ready, in flight and acknowledged."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         out.print(_json(Mailbox(s, name).stats()))
 
 
@@ -287,7 +286,7 @@ def mailbox_send(
     msg_id: Annotated[str | None, typer.Option("--id", help="message id (dedup)")] = None,
 ) -> None:
     """Send one message; print its id."""
-    with _store(store) as s:
+    with existing_store(store, create=True) as s:
         out.print(Mailbox(s, name, offload=Objects(s)).send(parse_value(payload), id=msg_id))
 
 
@@ -299,7 +298,7 @@ def topic_publish(
     msg_id: Annotated[str | None, typer.Option("--id", help="message id (dedup)")] = None,
 ) -> None:
     """Publish one message; print its offset."""
-    with _store(store) as s:
+    with existing_store(store, create=True) as s:
         topic = Topic(s, name, offload=Objects(s))
         out.print(topic.publish(parse_value(payload), id=msg_id))
 
@@ -312,7 +311,7 @@ def topic_tail(
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 10,
 ) -> None:
     """Print messages of a topic as JSON lines, without subscribing."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         topic = Topic(s, name, offload=Objects(s))
         first, nxt = topic.offsets()
         start = max(first, nxt - limit) if from_offset is None else from_offset
@@ -327,7 +326,7 @@ def topic_info(
     store: StoreOpt = None,
 ) -> None:
     """Print the topic's offsets and its subscribers' positions."""
-    with _store(store) as s:
+    with existing_store(store) as s:
         topic = Topic(s, name, offload=Objects(s))
         first, nxt = topic.offsets()
         info = {"first_offset": first, "next_offset": nxt, "subscribers": topic.subscribers()}

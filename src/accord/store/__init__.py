@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from accord.errors import StoreURLError
+from accord.errors import StoreNotFoundError, StoreURLError
 from accord.store.base import Store
 from accord.store.sqlite.store import SqliteStore
 from accord.store.sqlite.url import DEFAULT_FILE_MODE, make_store_dir, parse_url
@@ -32,8 +32,11 @@ def resolve_url(url: str | None) -> str:
     return url
 
 
-def open_store(url: str | None = None) -> Store:
-    """Open the store named by ``url`` (see :func:`resolve_url`)."""
+def open_store(url: str | None = None, *, create: bool = True) -> Store:
+    """Open the store named by ``url`` (see :func:`resolve_url`).
+
+    ``create=False``: raise :class:`~accord.errors.StoreNotFoundError` where
+    no store exists yet, instead of creating one."""
     url = resolve_url(url)
     if not isinstance(url, str) or not url.strip():
         raise StoreURLError(f"store URL {url!r} is empty; use sqlite:///path/to/file.db", url=url)
@@ -45,6 +48,15 @@ def open_store(url: str | None = None) -> Store:
         )
     if scheme == "sqlite":
         path, options = parse_url(url)
+        if not create and (
+            not os.path.exists(path) or (os.path.isfile(path) and os.path.getsize(path) == 0)
+        ):
+            what = "is empty" if os.path.exists(path) else "does not exist"
+            raise StoreNotFoundError(
+                f"no accord store at {url}: {os.path.abspath(path)} {what}; check --store "
+                "or ACCORD_STORE (accord migrate creates a store)",
+                url=url,
+            )
         if path == DEFAULT_URL.removeprefix("sqlite:///"):
             make_store_dir(path, options.get("file_mode", DEFAULT_FILE_MODE))
         return SqliteStore(path, **options)
@@ -57,7 +69,7 @@ def open_store(url: str | None = None) -> Store:
                 "pip install 'accord[postgres]'",
                 url=url,
             ) from None
-        return PgStore(url)
+        return PgStore(url, create=create)
     raise StoreURLError(
         f"store URL {url!r} has unknown scheme {scheme!r}; use sqlite:///path/to/file.db "
         "or postgresql://user:password@host:port/database",

@@ -82,6 +82,13 @@ class Backend(abc.ABC):
 
     url: str
     hooks: Hooks  # plugins told of what this store records (accord.hooks)
+    # The schema version found when the store was opened (0: created then;
+    # None: not known), so ``accord migrate`` and ``accord info`` can say it.
+    found_version: int | None = None
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The version of the store's schema (its last migration applied)."""
 
     @abc.abstractmethod
     def changed(self) -> bool:

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
-from accord.errors import SchemaError, StoreURLError
+from accord.errors import SchemaError, StoreNotFoundError, StoreURLError
 from accord.store.postgres.connections import (
     CLOCK_RESYNC,
     PgConnections,
@@ -74,6 +74,7 @@ class PgStore(PgDialect, PgConnections, SqlStateMixin, PgFastPaths):
         pool_size: int = 4,
         connect_timeout: float = 10.0,
         retry_for: float = 30.0,
+        create: bool = True,
     ) -> None:
         super().__init__()
         self.dsn = url
@@ -105,7 +106,7 @@ class PgStore(PgDialect, PgConnections, SqlStateMixin, PgFastPaths):
                 )
         self.dsn = _with_defaults(params, connect_timeout)
         try:
-            self._migrate()
+            self._migrate(create)
         except BaseException:
             self.close()
             raise
@@ -185,12 +186,19 @@ class PgStore(PgDialect, PgConnections, SqlStateMixin, PgFastPaths):
             return f"{column} = ?::bigint", ids[0]  # a plan that can be kept
         return f"{column} = ANY(?::bigint[])", list(ids)
 
-    def _migrate(self) -> None:
+    def _migrate(self, create: bool = True) -> None:
         def attempt() -> None:
             with self._connection() as conn, conn.transaction():
                 # Nodes that start together migrate one at a time.
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                upgrade(_PgConn(conn), self._stored_version(conn), MIGRATIONS)
+                self.found_version = self._stored_version(conn)
+                if self.found_version == 0 and not create:
+                    raise StoreNotFoundError(
+                        f"no accord store at {self.url}: the database has no accord tables; "
+                        "check --store or ACCORD_STORE (accord migrate creates them)",
+                        url=self.url,
+                    )
+                upgrade(_PgConn(conn), self.found_version, MIGRATIONS)
 
         self._retrying(attempt, "creating or upgrading the schema")
 

@@ -48,7 +48,7 @@ def translate(exc: BaseException, path: str) -> Exception:
         )
     elif "file is not a database" in text or "malformed" in text:
         err = SchemaError(
-            f"{path} is not an accord database ({text}); point ACCORD_STORE at another file",
+            f"{path} is not an accord database ({text}); give the store URL of another file",
             path=path,
         )
     elif "locked" in text or "busy" in text:

@@ -213,7 +213,8 @@ class SqliteStore(SqliteDialect, SqliteStateMixin, SqlStore):
         with sqlite_errors(self.path):
             self._busy(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
-                upgrade(conn, self._stored_version(conn), MIGRATIONS)
+                self.found_version = self._stored_version(conn)
+                upgrade(conn, self.found_version, MIGRATIONS)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
