@@ -282,6 +282,39 @@ def test_unserialisable_arguments_fail_at_submit(
     assert row_counts() == before
 
 
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((), {}, "missing a required argument: 'i'"),
+        ((1, 2), {}, "too many positional arguments"),
+        ((), {"j": 1}, "missing a required argument: 'i'"),
+        ((1,), {"j": 1}, "got an unexpected keyword argument 'j'"),
+    ],
+)
+def test_calls_the_function_cannot_take_fail_at_submit(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    message: str,
+    opened: accord.App,
+    row_counts: Counts,
+) -> None:
+    """Bound to the function's signature at submit, as the call would be."""
+    before = row_counts()
+    with pytest.raises(accord.ConfigError) as caught:
+        f.square.submit(*args, **kwargs)
+    assert "square(i: int) cannot take these arguments" in str(caught.value)
+    assert message in str(caught.value) and "nothing was submitted" in str(caught.value)
+    with pytest.raises(accord.ConfigError, match=message):
+        opened.start(f.square, *args, **kwargs)
+    if not kwargs:
+        with pytest.raises(accord.ConfigError, match=message):
+            f.square.map([args, (3,)])
+    assert row_counts() == before
+    # A handle may stand for any argument; *args and **kwargs take anything.
+    assert f.square.submit(f.square.submit(2)).id > 0
+    assert f.echo_kw.submit(1, 2, three=3).id > 0
+
+
 def test_arguments_over_the_size_limit(store_url: str, row_counts: Counts) -> None:
     app = accord.App("flows_probe", store=store_url, max_payload=1000)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, cast, overload
@@ -337,6 +338,20 @@ def locate_task(spec: str) -> Task[Any, Any]:
             "it or add it to PYTHONPATH"
         ) from exc
     found = getattr(module, attr, None)
-    if not isinstance(found, Task):
-        raise NotFoundError(f"{spec!r} is not a task or workflow (decorate it with @app.workflow)")
-    return found
+    if isinstance(found, Task):
+        return found
+    if callable(found):
+        raise NotFoundError(
+            f"{spec!r} is a plain function, not a task or workflow: decorate it with "
+            "@app.workflow (or @app.task)"
+        )
+    known = sorted(name for name, value in vars(module).items() if isinstance(value, Task))
+    close = difflib.get_close_matches(attr, known, n=1)
+    hint = (
+        f"did you mean {close[0]!r}?"
+        if close
+        else f"it has {', '.join(known)}"
+        if known
+        else "it defines none (decorate functions with @app.workflow or @app.task)"
+    )
+    raise NotFoundError(f"no task or workflow {attr!r} in {module_name}; {hint}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -53,6 +54,7 @@ class Task(Generic[P, R]):
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", options.name)
         self.__wrapped__ = fn
+        self._signature = _signature(fn)
 
     @property
     def name(self) -> str:
@@ -85,6 +87,17 @@ class Task(Generic[P, R]):
 
     def _new_task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[NewTask, list[Any]]:
         opts = self.options
+        if self._signature is not None:
+            # Refused here, before anything is written: a call the function
+            # cannot take would otherwise fail on a node, after the run began.
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"{self.name}{_shown(self._signature)} cannot take these arguments: "
+                    f"{exc}; nothing was submitted",
+                    task=self.name,
+                ) from None
         data, refs = serde.dumps_args(
             args,
             kwargs,
@@ -215,3 +228,28 @@ def _ref_key(obj: Any) -> object:
 
 def _top_level_dep(handle: Handle[Any]) -> int:
     return handle.id
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature calls are checked against, where Python can tell it."""
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and C functions
+        return None
+
+
+class _Annotation(str):
+    """An annotation kept as text (``from __future__ import annotations``),
+    shown as written rather than quoted."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _shown(signature: inspect.Signature) -> str:
+    """``(i: int, *, scale: float = 1.0)``: the parameters as they were written."""
+    parameters = [
+        p.replace(annotation=_Annotation(p.annotation)) if isinstance(p.annotation, str) else p
+        for p in signature.parameters.values()
+    ]
+    return str(signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty))
