@@ -122,3 +122,18 @@ def test_commands_never_create_a_postgresql_store(
     created = cli(accord_env, tmp_path, "migrate", "--store", pg_url)
     assert created.returncode == 0 and ": created (schema " in created.stdout, created.stderr
     assert cli(accord_env, tmp_path, "runs", "--store", pg_url).returncode == 0
+
+
+def test_a_run_that_succeeded_with_failures_says_so(
+    accord_env: dict[str, str], tmp_path: Path, basic: accord.App
+) -> None:
+    """The failures a workflow caught are still failures: the run succeeds,
+    and the command, the progress bar and ``accord runs`` count them."""
+    done = cli(accord_env, tmp_path, "run", "apps.basic:tolerant", "3", "--slots", "2")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == 0 + 2 + 4
+    assert "run 1 succeeded, though 1 failed, 1 cancelled of its 6 tasks" in done.stderr
+    assert "1 failed, 1 cancelled" in done.stderr.split("run 1 succeeded")[0]  # the bar
+    runs = cli(accord_env, tmp_path, "runs")
+    (row,) = [line for line in runs.stdout.splitlines() if "tolerant" in line]
+    assert "succeeded" in row and "4/6 1 failed, 1 cancelled" in row, row

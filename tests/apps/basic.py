@@ -45,3 +45,17 @@ def pid() -> int:
 def fan(n: int) -> accord.Handle[int]:
     parts = [add.submit(i, i) for i in range(n)]
     return total.submit(parts)
+
+
+@app.workflow
+def tolerant(n: int) -> int:
+    """Succeeds though one child fails and the task it would have fed is
+    cancelled: the workflow catches the failure."""
+    parts = [add.submit(i, i) for i in range(n)]
+    bad = boom.submit("tolerated")
+    total.submit([bad])  # cancelled: its dependency failed
+    try:
+        bad.result(timeout=60)
+    except accord.TaskFailed:
+        pass
+    return sum(p.result(timeout=60) for p in parts)

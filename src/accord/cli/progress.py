@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,14 +45,22 @@ def follow(
             info = run.info()
             total = sum(info.counts.values())
             ended = sum(info.counts.get(s, 0) for s in TERMINAL)
-            running = info.counts.get("running", 0)
-            progress.update(bar, total=max(total, 1), completed=ended, detail=f"{running} running")
+            detail = f"{info.counts.get('running', 0)} running" + troubles(info.counts, ", ")
+            progress.update(bar, total=max(total, 1), completed=ended, detail=detail)
             if info.state != "running":
                 break
             if check is not None:
                 check()
             time.sleep(0.1)
     return run.wait()
+
+
+def troubles(counts: Mapping[str, int], lead: str) -> str:
+    """``lead`` and "2 failed, 1 cancelled", or "" when no task of a run
+    failed or was cancelled (a run can succeed with both: its workflow
+    caught the failures)."""
+    parts = [f"{counts[s]} {s}" for s in ("failed", "cancelled") if counts.get(s)]
+    return lead + ", ".join(parts) if parts else ""
 
 
 def with_timeout(fn: Callable[[], Any], timeout: float | None) -> Any:

@@ -21,7 +21,7 @@ from accord.cli.common import (
     user_errors,
     when,
 )
-from accord.cli.progress import Interrupted, follow, interruptible, with_timeout
+from accord.cli.progress import Interrupted, follow, interruptible, troubles, with_timeout
 from accord.errors import TaskError
 from accord.scheduling.report import live_nodes, unschedulable, unschedulable_reason
 from accord.store import DEFAULT_URL
@@ -88,6 +88,14 @@ def run(
                 raise typer.Exit(4) from None
             err.print(f"[red]run {started.id} failed:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
+        ended = started.info()
+        if troubles(ended.counts, ""):
+            err.print(
+                f"run {started.id} succeeded, though {troubles(ended.counts, '')} of its "
+                f"{sum(ended.counts.values())} tasks (the workflow went on without them): "
+                f"accord tasks {started.id}",
+                highlight=False,
+            )
         out.print_json(json.dumps(value, default=repr))
 
 
@@ -120,7 +128,7 @@ def runs(
                 r.name,
                 r.app,
                 r.state,
-                f"{done}/{total}",
+                f"{done}/{total}" + troubles(r.counts, " "),
                 when(r.created_at),
                 secs(r.created_at, r.finished_at),
                 (r.error or "")[:60],
