@@ -1,12 +1,28 @@
 """Serialisation of arguments, results and values: MessagePack via msgspec.
 
-Values round-trip as MessagePack types: ``None``, ``bool``, ``int`` (64-bit),
-``float``, ``str``, ``bytes``, lists, dicts, and numpy arrays and scalars
-(when numpy is installed). Tuples and sets come back as lists. Timezone-aware
-datetimes come back as UTC datetimes; naive datetimes, dates and times come
-back as ISO 8601 strings (a naive datetime names no instant: attach a
-timezone). Anything else is refused with a ``TypeError`` that names the
-value's place.
+These come back as the same type and an equal value:
+
+- ``None``, ``bool``, ``int`` (64-bit), ``float``, ``str``, ``bytes``,
+  ``bytearray``, lists and dicts (also as dict keys, where hashable);
+- ``decimal.Decimal`` (digits and exponent kept), ``uuid.UUID``,
+  ``datetime.date``, naive ``datetime.datetime``, ``datetime.time`` (naive,
+  or aware with a UTC offset: it comes back with a fixed offset,
+  ``datetime.timezone``) and ``datetime.timedelta``;
+- timezone-aware datetimes, as the same instant in UTC (the zone is not kept);
+- numpy arrays (dtype, shape and values) and numpy scalars of the kinds
+  msgpack has no type for (datetime64, timedelta64, complex, long double,
+  void). Numpy bool, integer, float (up to 64-bit), str and bytes scalars
+  come back as the equal Python ``bool``, ``int``, ``float``, ``str`` or
+  ``bytes``.
+
+Tuples and sets (frozensets too) come back as lists (as dict keys, tuples).
+Nothing else is converted: enum members, dataclasses, msgspec Structs and
+attrs instances (decoding never imports a class by name: pass ``.value`` or
+a dict and rebuild it in the task), subclasses of the built-in containers
+(named tuples, ``OrderedDict``, ``defaultdict``, ``Counter``), memoryviews,
+times and datetimes whose tzinfo gives no UTC offset, aware datetimes
+outside years 1 to 9999 in UTC, and anything else are refused with a
+``TypeError`` that names the value's place and what to pass instead.
 
 Task handles inside arguments become references to the handle's task; the
 node replaces each reference with that task's result before the call.
@@ -17,6 +33,15 @@ Other layers add their own value types as MessagePack extensions
 inline limit, and any numpy array over it, is moved to the object store and
 a claim to it stored in its place; :func:`loads` with the same offload
 brings the value back.
+
+msgspec writes dates, UUIDs, enums, dataclasses and the like itself, as
+strings, values or dicts, without asking the encoder's hook. So before
+encoding, :func:`_needs_care` looks over the value's containers, a level at a
+time (the types at each level, then ``gc.get_referents``: no Python code per
+item); only if it finds such a type is the value rebuilt with extensions in
+their place (:func:`_prepare`), or refused. A value of ``None``, ``bool``,
+``int``, ``float``, ``str``, ``bytes``, ``Decimal``, lists, dicts, tuples and
+sets, however nested, goes to msgspec as it is. Decoding is msgspec's alone.
 """
 
 from __future__ import annotations
@@ -27,14 +52,25 @@ from typing import Any, Protocol
 
 import msgspec
 
+from accord._pytypes import (
+    _EXT_PYTHON,
+    _LEAVES,
+    _decode_python,
+    _encode_decimal,
+    _ext_codes,
+    _ext_types,
+    _needs_care,
+    _Packed,
+    _prepare,
+)
+
 _EXT_NDARRAY = 1
 _EXT_TASKREF = 2
+# 3: never used, left free.
 _EXT_CLAIM = 4  # an array moved to the object store; decoded through an Offload
 _EXT_SPILLED = 5  # a whole encoding moved to the object store (only at the top)
-
-# Value types other layers register: type -> (code, to bytes); code -> from bytes.
-_ext_types: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
-_ext_codes: dict[int, Callable[[bytes], Any]] = {}
+# 6: a Python value msgpack has no type for (accord._pytypes)
+_EXT_NUMPY_SCALAR = 7  # a numpy scalar, as the 0-d array of _EXT_NDARRAY
 
 
 class Offload(Protocol):
@@ -65,8 +101,15 @@ def register_ext(
     _ext_codes[code] = decode
 
 
+def _new_encoder(enc_hook: Callable[[Any], Any] | None) -> msgspec.msgpack.Encoder:
+    return msgspec.msgpack.Encoder(enc_hook=enc_hook, decimal_format=_encode_decimal)
+
+
 _plain_encoder = msgspec.msgpack.Encoder()
 _plain_decoder = msgspec.msgpack.Decoder()
+
+
+# -- numpy ----------------------------------------------------------------------
 
 
 def _numpy() -> Any:
@@ -74,24 +117,30 @@ def _numpy() -> Any:
     return sys.modules.get("numpy")
 
 
-def _encode_numpy(obj: Any) -> msgspec.msgpack.Ext | None:
+def _array_data(array: Any) -> bytes:
+    if array.dtype.hasobject:
+        raise TypeError("numpy arrays of Python objects cannot be serialised")
+    if array.dtype.names is not None:
+        # dtype.str of a structured dtype is a bare '|V<n>': the fields would be lost.
+        raise TypeError("numpy structured arrays (with named fields) cannot be serialised")
+    # tobytes() is in C order whatever the layout; the shape is the array's own
+    # (np.ascontiguousarray would turn a 0-d array into a 1-d one).
+    return _plain_encoder.encode([array.dtype.str, list(array.shape), array.tobytes()])
+
+
+def _encode_numpy(obj: Any) -> Any:
     np = _numpy()
     if np is None:
         return None
     if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise TypeError("numpy arrays of Python objects cannot be serialised")
-        if obj.dtype.names is not None:
-            # dtype.str of a structured dtype is a bare '|V<n>': the fields would be lost.
-            raise TypeError("numpy structured arrays (with named fields) cannot be serialised")
-        # tobytes() is in C order whatever the layout; the shape is the array's own
-        # (np.ascontiguousarray would turn a 0-d array into a 1-d one).
-        return msgspec.msgpack.Ext(
-            _EXT_NDARRAY,
-            _plain_encoder.encode([obj.dtype.str, list(obj.shape), obj.tobytes()]),
-        )
+        return msgspec.msgpack.Ext(_EXT_NDARRAY, _array_data(obj))
     if isinstance(obj, np.generic):
-        return obj.item()  # type: ignore[no-any-return]
+        kind = obj.dtype.kind
+        if kind in "biuUS" or (kind == "f" and obj.dtype.itemsize <= 8):
+            return obj.item()  # the equal Python bool, int, float, str or bytes
+        # datetime64, timedelta64, complex, long double, void: .item() would be
+        # a string, an int, or refused; the scalar itself comes back instead.
+        return msgspec.msgpack.Ext(_EXT_NUMPY_SCALAR, _array_data(np.asarray(obj)))
     return None
 
 
@@ -102,7 +151,12 @@ def _decode_numpy(data: memoryview | bytes) -> Any:
     return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
 
 
+# -- hooks ------------------------------------------------------------------------
+
+
 def _base_enc_hook(obj: Any) -> Any:
+    if type(obj) is _Packed:
+        return obj.ext
     registered = _ext_types.get(type(obj))
     if registered is not None:
         return msgspec.msgpack.Ext(registered[0], registered[1](obj))
@@ -115,6 +169,10 @@ def _base_enc_hook(obj: Any) -> Any:
 def _base_ext_hook(code: int, data: memoryview) -> Any:
     if code == _EXT_NDARRAY:
         return _decode_numpy(data)
+    if code == _EXT_PYTHON:
+        return _decode_python(bytes(data))
+    if code == _EXT_NUMPY_SCALAR:
+        return _decode_numpy(data)[()]
     decode = _ext_codes.get(code)
     if decode is not None:
         return decode(bytes(data))
@@ -126,8 +184,11 @@ def _base_ext_hook(code: int, data: memoryview) -> Any:
     raise TypeError(f"unknown extension type {code} in a stored value")
 
 
-_encoder = msgspec.msgpack.Encoder(enc_hook=_base_enc_hook)
+_encoder = _new_encoder(_base_enc_hook)
 _decoder = msgspec.msgpack.Decoder(ext_hook=_base_ext_hook)
+
+
+# -- entry points ----------------------------------------------------------------
 
 
 def _offload_hooks(
@@ -181,16 +242,21 @@ def _describe(exc: Exception) -> str:
     return text
 
 
+def _encode(encoder: msgspec.msgpack.Encoder, value: Any) -> bytes:
+    """``value`` encoded, with what msgspec would convert made extensions (or refused)."""
+    if type(value) not in _LEAVES and _needs_care(value):
+        value = _prepare(value)
+    return encoder.encode(value)
+
+
 def dumps(value: Any, *, what: str = "value", offload: Offload | None = None) -> bytes:
     """Serialise ``value``; raise ``TypeError`` naming ``what`` if it cannot be.
 
     With ``offload``, what is over its inline limit goes there (see the module
     docstring)."""
-    encoder = (
-        _encoder if offload is None else msgspec.msgpack.Encoder(enc_hook=_offload_hooks(offload))
-    )
+    encoder = _encoder if offload is None else _new_encoder(_offload_hooks(offload))
     try:
-        data = encoder.encode(value)
+        data = _encode(encoder, value)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise TypeError(f"{what} cannot be serialised: {_describe(exc)}") from exc
     return _spill(data, offload)
@@ -236,11 +302,9 @@ def dumps_args(
     for name in kwargs:
         if not isinstance(name, str):
             raise TypeError(f"keyword names of {task_name}() must be strings")
-    encoder = msgspec.msgpack.Encoder(
-        enc_hook=hook if offload is None else _offload_hooks(offload, hook)
-    )
+    encoder = _new_encoder(hook if offload is None else _offload_hooks(offload, hook))
     try:
-        return _spill(encoder.encode([list(args), kwargs]), offload), refs
+        return _spill(_encode(encoder, [list(args), kwargs]), offload), refs
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         # Find the argument at fault, so that the message names it.
         for position, arg in enumerate(args):
@@ -252,7 +316,7 @@ def dumps_args(
 
 def _check(encoder: msgspec.msgpack.Encoder, value: Any, what: str) -> None:
     try:
-        encoder.encode(value)
+        _encode(encoder, value)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise TypeError(f"{what} cannot be serialised: {_describe(exc)}") from exc
 
