@@ -215,3 +215,64 @@ def raises_base(kind: str) -> None:
     if kind == "exit":
         raise SystemExit(3)
     raise KeyboardInterrupt
+
+
+# -- results that hold handles (tests/test_workflow_structures.py) ---------------
+
+
+@app.workflow
+def returns_structure(x: int) -> dict[str, Any]:
+    """Handles nested in a dict and a list, beside a plain value."""
+    return {"a": square.submit(x), "b": [square.submit(x + 1), 3]}
+
+
+@app.workflow
+def returns_handles(n: int) -> list[Any]:
+    return [square.submit(i) for i in range(n)]
+
+
+@app.workflow
+def returns_deep(depth: int) -> Any:
+    """Handles ``depth`` levels down, in dicts, lists and tuples, one of them a
+    child workflow's whose own result holds handles."""
+    value: Any = {"child": returns_structure.submit(depth)}
+    for level in range(depth):
+        value = {"level": level, "inner": [value, (square.submit(level), level)]}
+    return value
+
+
+@app.workflow
+def returns_failing(message: str, later: float) -> dict[str, Any]:
+    """One handle fails; another task is only due ``later`` seconds on."""
+    return {
+        "bad": fail.submit(message),
+        "ok": square.submit(2),
+        "later": [square.with_options(delay=later).submit(3)],
+    }
+
+
+@app.workflow(retries=1)
+def returns_logged(n: int, log_path: str) -> dict[str, Any]:
+    """A dict of ``n`` logged squares; appends its attempt to ``log_path + '.parent'``."""
+    with open(log_path + ".parent", "a") as log:
+        log.write(f"{_ctx().attempt}\n")
+    return {"squares": [logged_square.submit(i, log_path) for i in range(n)]}
+
+
+@app.workflow
+def returns_plain(n: int) -> dict[str, Any]:
+    """A plain result (no handles): a list of ``n`` ints."""
+    return {"values": list(range(n))}
+
+
+@app.workflow
+def returns_bad_handle(kind: str, url: str) -> Any:
+    """A result holding a handle no gather can wait for, or something else
+    that cannot be serialised beside a handle."""
+    if kind == "key":
+        return {square.submit(2): 1}
+    if kind == "foreign":
+        other = accord.App("elsewhere", store=url)
+        other.close()
+        return {"mine": square.submit(2), "theirs": accord.Handle(other, 1, "far")}
+    return {"mine": square.submit(2), "other": object()}

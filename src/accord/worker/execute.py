@@ -17,9 +17,9 @@ from accord._checks import (
     seconds_or_none,
     type_name,
 )
-from accord.errors import FencedError, Retry
+from accord.errors import FencedError, PayloadTooLargeError, Retry
 from accord.store.records import ClaimedTask, Completion, Outcome
-from accord.tasks import context
+from accord.tasks import context, gather
 from accord.tasks.handles import Handle
 from accord.tasks.registry import Runtime
 
@@ -36,8 +36,13 @@ def execute(
     Whatever the task returns or raises, the Completion holds only what every
     store records: texts cleaned, a result that serialises within the limit.
     """
+    fn: Callable[..., Any]
     registered = runtime.tasks.get(task.name)
-    if registered is None:
+    if registered is not None:
+        fn = registered.fn
+    elif task.name == gather.GATHER:
+        fn = gather.gathered  # accord's own: every node runs it, no app registers it
+    else:
         known = ", ".join(sorted(runtime.tasks)) or "none"
         return _error(
             task,
@@ -72,7 +77,7 @@ def execute(
     token = context.enter(ctx)
     started = time.perf_counter()
     try:
-        completion = _run(runtime, registered.fn, task, ctx, args, kwargs)
+        completion = _run(runtime, fn, task, ctx, args, kwargs)
     finally:
         ctx.close()  # children still buffered are written before the outcome is reported
         context.leave(token)
@@ -107,7 +112,7 @@ def _run(
         # would end the thread and leave the task running for ever. Fail the attempt.
         return _error(task, f"the task raised {_shown(exc)}", type_name(exc))
     try:
-        return _value(runtime, task, value)
+        return _value(runtime, task, ctx, value)
     except Exception as exc:  # a value whose own methods fail as it is looked at
         return _error(
             task,
@@ -125,10 +130,20 @@ def _shown(exc: BaseException) -> str:
         return describe_exception(exc)
 
 
-def _value(runtime: Runtime, task: ClaimedTask, value: Any) -> Completion:
+def _value(runtime: Runtime, task: ClaimedTask, ctx: context.TaskContext, value: Any) -> Completion:
     """The completion for what the task returned; a value that cannot be
-    stored fails the attempt (another attempt would return the same)."""
+    stored fails the attempt (another attempt would return the same).
+
+    A handle forwards to its task; a value holding handles forwards to a
+    gather of them (:mod:`accord.tasks.gather`). A plain value is serialised
+    once, as before: handles are looked for only when that fails.
+    """
+    what = f"the result of {task.name}()"
     if isinstance(value, Handle):
+        try:
+            gather.check_handle(value, runtime)
+        except gather.GatherError as exc:
+            return _bad_handle(task, f"{what} cannot be recorded: {exc}")
         target = value.id
         if isinstance(target, int) and -(2**63) <= target < 2**63:
             return Completion(task.id, task.fence, Outcome.FORWARD, forward_to=target)
@@ -141,8 +156,12 @@ def _value(runtime: Runtime, task: ClaimedTask, value: Any) -> Completion:
             trace=False,
         )
     try:
-        data = serde.dumps(value, what=f"the result of {task.name}()", offload=runtime.objects)
+        data = serde.dumps(value, what=what, offload=runtime.objects)
     except Exception as exc:
+        if isinstance(exc, TypeError):
+            forward = _gather(task, ctx, value, what)
+            if forward is not None:
+                return forward
         # serde names the value's fault (a TypeError); anything else is a value
         # whose own methods fail while it is serialised.
         message = describe_exception(exc)
@@ -161,6 +180,42 @@ def _value(runtime: Runtime, task: ClaimedTask, value: Any) -> Completion:
             trace=False,
         )
     return Completion(task.id, task.fence, Outcome.OK, result=data)
+
+
+def _gather(
+    task: ClaimedTask, ctx: context.TaskContext, value: Any, what: str
+) -> Completion | None:
+    """The forward to a gather of the handles nested in ``value`` (submitted
+    as a child of this attempt), a failure saying why there cannot be one, or
+    None if ``value`` holds no handle (its own fault stands)."""
+    try:
+        handles = gather.handles_in(value)
+    except gather.GatherError as exc:
+        return _bad_handle(task, f"{what} cannot be recorded: {exc}")
+    if not handles:
+        return None
+    try:
+        target = gather.submit_gather(ctx, value, what, task.priority)
+    except gather.GatherError as exc:
+        return _bad_handle(task, f"{what} cannot be recorded: {exc}")
+    except FencedError as exc:
+        return _error(task, describe_exception(exc), "FencedError", retryable=False)
+    except PayloadTooLargeError as exc:
+        return _error(task, describe_exception(exc), "ResultTooLarge", retryable=False, trace=False)
+    except TypeError as exc:  # something beside the handles (serde names it)
+        return _error(task, describe_exception(exc), "TypeError", retryable=False)
+    except Exception as exc:  # the store failed: another attempt may fare better
+        return _error(
+            task,
+            f"{what} holds task handles, and the task that gathers their results could not "
+            f"be submitted: {describe_exception(exc)}",
+            type_name(exc),
+        )
+    return Completion(task.id, task.fence, Outcome.FORWARD, forward_to=target)
+
+
+def _bad_handle(task: ClaimedTask, message: str) -> Completion:
+    return _error(task, message, "BadHandle", retryable=False, trace=False)
 
 
 def _retry(task: ClaimedTask, exc: Retry) -> Completion:

@@ -15,13 +15,17 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from accord._checks import clean_text
 from accord.errors import StoreError
 from accord.scheduling.policy import NodeSpec
-from accord.store.records import ClaimedTask, Completion
+from accord.store.records import ClaimedTask, Completion, TaskState
 from accord.tasks.registry import Runtime
 from accord.worker.pool import Pool
 
 log = logging.getLogger("accord.node")
+
+# What a lost task is said to be when the store cannot tell why.
+_LOST = "lost (cancelled or lease taken over)"
 
 
 class Leases:
@@ -128,15 +132,32 @@ class Leases:
                 log.warning("could not hand back tasks: %s", exc)
         self._heartbeat_ok = sent
         self._find_rank()
-        for task_id, task in list(held.items()):
-            if still.get(task_id) != task.fence:
-                log.warning("task %d lost (cancelled or lease taken over); stopping it", task_id)
-                held.pop(task_id)
-                if not pool.kill(task_id):
-                    try:
-                        waiting.remove(task)
-                    except ValueError:
-                        pass
+        lost = [task_id for task_id, task in held.items() if still.get(task_id) != task.fence]
+        why = self._why_lost(lost) if lost else {}
+        for task_id in lost:
+            task = held[task_id]
+            log.warning("task %d: %s; stopping it", task_id, why.get(task_id, _LOST))
+            held.pop(task_id)
+            if not pool.kill(task_id):
+                try:
+                    waiting.remove(task)
+                except ValueError:
+                    pass
+
+    def _why_lost(self, task_ids: list[int]) -> dict[int, str]:
+        """What to say of tasks the heartbeat no longer names (one read, on
+        this rare path): cancelled (with the reason), or the lease lost."""
+        try:
+            rows = self.runtime.store.results(task_ids)
+        except Exception:  # only the message depends on it: say what is known
+            return {}
+        # Fault-injection tests count "lease taken over" lines as fenced attempts.
+        return {
+            row.id: f"cancelled ({clean_text(row.error or 'no reason given', 200)})"
+            if row.state is TaskState.CANCELLED
+            else "lease lost (lease taken over by another attempt, or expired)"
+            for row in rows
+        }
 
     def _work_left(self) -> bool:
         """Whether ready work is left (a read, cheaper than a claim)."""

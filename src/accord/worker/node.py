@@ -26,7 +26,7 @@ import time
 from collections import deque
 
 from accord._checks import check_string, check_text
-from accord.errors import ConfigError, StoreError, UnstorableError
+from accord.errors import AccordError, ConfigError, StoreError, UnstorableError
 from accord.scheduling.policy import NodeSpec, check_capacity, check_speed
 from accord.store.records import ClaimedTask, Completion
 from accord.tasks.registry import AppLike, as_runtime
@@ -54,6 +54,10 @@ STAGGER_RANKS = 3
 WAIT_FAST = 0.001
 WAIT_SLOW = 0.01
 MAX_NODE_NAME_BYTES = 256
+# A node with a retention setting prunes its app's old runs this long after
+# it starts, then this often (Store.prune).
+RETENTION_DELAY = 60.0
+RETENTION_EVERY = 3600.0
 
 
 class Node(Leases, Dispatch, Recording):
@@ -76,6 +80,8 @@ class Node(Leases, Dispatch, Recording):
     - ``speed``: the initial estimate of the size this node completes per
       second, v in the cost rule; the node then measures it.
     - ``name``: shown in ``accord nodes``.
+    - ``retention``: seconds; now and then (hourly) the node removes the
+      app's runs that ended longer ago than that (:meth:`Store.prune`).
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class Node(Leases, Dispatch, Recording):
         capabilities: list[str] | tuple[str, ...] = (),
         resources: dict[str, float] | None = None,
         speed: float = 1.0,
+        retention: float | None = None,
     ) -> None:
         if slots is None:
             slots = os.cpu_count() or 1
@@ -135,6 +142,13 @@ class Node(Leases, Dispatch, Recording):
         capacity = {"cpu": float(slots), "gpu": 0.0, "memory": _physical_memory_mb()}
         capacity.update(check_capacity(resources or {}))
         self.spec = NodeSpec(frozenset(self.capabilities), capacity, check_speed(speed))
+        if retention is not None and (
+            isinstance(retention, bool)
+            or not isinstance(retention, int | float)
+            or not (math.isfinite(retention) and retention > 0)
+        ):
+            raise ConfigError(f"retention must be a positive number of seconds, not {retention!r}")
+        self.retention = retention
         self.node_id: int | None = None
         self.executed = 0
         self.fenced = 0
@@ -240,6 +254,10 @@ class Node(Leases, Dispatch, Recording):
         threading.Thread(
             target=self._watch, args=(pool, serving), name="accord-watchdog", daemon=True
         ).start()
+        if self.retention is not None:
+            threading.Thread(
+                target=self._prune, args=(self.retention, serving), name="accord-prune", daemon=True
+            ).start()
         self._started.set()
         log.info(
             "node %s (%d) serving app %s with %d %s slots",
@@ -359,13 +377,17 @@ class Node(Leases, Dispatch, Recording):
                         log.warning("store unavailable, retrying: %s", exc)
                         self._stop.wait(0.2)
                         continue
-                    for completion, ok in zip(done, accepted, strict=True):
+                    refused = [c.task_id for c, ok in zip(done, accepted, strict=True) if not ok]
+                    why = self._why_lost(refused) if refused else {}
+                    for completion in done:
                         held.pop(completion.task_id, None)
-                        if not ok:
-                            self.fenced += 1
-                            log.warning(
-                                "completion of task %d refused: lease lost", completion.task_id
-                            )
+                    for task_id in refused:
+                        self.fenced += 1
+                        log.warning(
+                            "completion of task %d refused: %s",
+                            task_id,
+                            why.get(task_id, "lease lost"),
+                        )
                     self.executed += len(done)
                     done = []
                     done_top = MIN_PRIORITY
@@ -443,6 +465,19 @@ class Node(Leases, Dispatch, Recording):
                 store.stop_node(node_id)
             except StoreError:
                 log.warning("could not mark node %d stopped", node_id)
+
+    def _prune(self, retention: float, serving: threading.Event) -> None:
+        """Remove the app's runs that ended over ``retention`` seconds ago, now and then."""
+        wait = RETENTION_DELAY
+        while not serving.wait(wait):
+            wait = RETENTION_EVERY
+            try:
+                counts = self.runtime.store.prune(retention, app=self.runtime.name)
+            except AccordError as exc:
+                log.warning("could not prune old runs: %s", exc)
+                continue
+            if counts["runs"]:
+                log.info("pruned %d run(s), %d task(s)", counts["runs"], counts["tasks"])
 
     def _find_rank(self) -> None:
         try:

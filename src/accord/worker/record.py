@@ -41,6 +41,8 @@ class Recording:
             self, pool: Pool, held: dict[int, ClaimedTask], waiting: deque[ClaimedTask]
         ) -> None: ...
 
+        def _why_lost(self, task_ids: list[int]) -> dict[int, str]: ...
+
     def _drain(
         self,
         pool: Pool,
@@ -118,7 +120,8 @@ class Recording:
             self.executed += 1
             if not accepted:
                 self.fenced += 1
-                log.warning("completion of task %d refused: lease lost", completion.task_id)
+                reason = self._why_lost([completion.task_id]).get(completion.task_id, "lease lost")
+                log.warning("completion of task %d refused: %s", completion.task_id, reason)
         return []
 
     def _record_one(self, completion: Completion) -> bool:
