@@ -73,7 +73,7 @@ def test_app_run_returns_the_value_and_raises_the_failure(flows: accord.App) -> 
         flows.run(f.failing_workflow, "bad")
     runs = flows.store.runs(limit=10)
     assert [(r.name, r.state) for r in runs] == [
-        ("failing_workflow", "cancelled"),
+        ("failing_workflow", "failed"),  # cancelled through a failure
         ("plain_value", "succeeded"),
     ]
 

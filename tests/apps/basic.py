@@ -59,3 +59,23 @@ def tolerant(n: int) -> int:
     except accord.TaskFailed:
         pass
     return sum(p.result(timeout=60) for p in parts)
+
+
+@app.task
+def needs_file(path: str) -> int:
+    """Fails until ``path`` exists (a fault someone fixes, then retries)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is not there yet")
+    return 10
+
+
+@app.workflow
+def through_file(path: str) -> accord.Handle[int]:
+    """Ends through needs_file's failure: its total is cancelled."""
+    return total.submit([needs_file.submit(path), add.submit(1, 1)])
+
+
+@app.workflow
+def awaits_file(path: str) -> int:
+    """Raises needs_file's failure itself (it waits on the result)."""
+    return needs_file.submit(path).result(timeout=60) + 1

@@ -9,13 +9,14 @@ One module per group of commands: :mod:`~accord.cli.runs`,
 
 from __future__ import annotations
 
-from accord.cli import demo, nodes, objects, runs, state
+from accord.cli import demo, housekeeping, nodes, objects, runs, state, task
 from accord.cli.common import cli
 
-__all__ = ["cli", "demo", "main", "nodes", "objects", "runs", "state"]
+__all__ = ["cli", "demo", "housekeeping", "main", "nodes", "objects", "runs", "state", "task"]
 
 state.register(cli)  # accord state | mailbox | topic ...
 objects.register(cli)  # accord objects ...
+housekeeping.register(cli)  # accord prune
 
 
 def main() -> None:

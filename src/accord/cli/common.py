@@ -3,11 +3,14 @@ option, errors, values, times."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import enum
 import json
+import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from typing import Annotated, Any
@@ -16,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from accord.errors import AccordError
+from accord.errors import AccordError, ConfigError
 from accord.store import Store, open_store
 
 
@@ -84,6 +87,50 @@ def user_errors() -> Iterator[None]:
     except TimeoutError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(3) from None
+
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="print JSON: one object per line, fields as documented")
+]
+SinceOpt = Annotated[
+    str | None, typer.Option("--since", help="only since this long ago: 90s, 30m, 12h, 7d, 2w")
+]
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds from ``90s``, ``30m``, ``12h``, ``7d`` or ``2w`` (more than 0)."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(
+            f"{option} {text!r} is not a duration: give a number and a unit, "
+            "s, m, h, d or w (for example 90s, 30m, 12h, 7d, 2w), more than 0"
+        )
+    return seconds
+
+
+def json_lines(rows: Iterable[Any]) -> None:
+    """Print records (accord's dataclasses) as JSON, one object per line."""
+    for row in rows:
+        typer.echo(json.dumps(plain(row), default=str))
+
+
+def plain(value: Any) -> Any:
+    """A record as JSON-ready values: dataclasses as dicts, enums as values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
 
 
 def parse_value(text: str) -> Any:

@@ -18,6 +18,7 @@ from accord.cli.common import (
     cwd_on_path,
     existing_store,
     out,
+    parse_duration,
     user_errors,
 )
 from accord.data import Objects
@@ -63,6 +64,13 @@ def worker(
         str | None,
         typer.Option(envvar="ACCORD_CACHE_DIR", help="where the cache of remote objects lives"),
     ] = None,
+    retention: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ACCORD_RETENTION",
+            help="hourly, remove the app's runs that ended longer ago than this (7d, 12h)",
+        ),
+    ] = None,
 ) -> None:
     """Run a node: claim and run the app's tasks until SIGTERM or Ctrl-C."""
     cwd_on_path()
@@ -73,6 +81,7 @@ def worker(
             os.environ["ACCORD_CACHE_SIZE"] = str(parse_size(cache_size, "--cache-size"))
         if cache_dir is not None:
             os.environ["ACCORD_CACHE_DIR"] = cache_dir
+        keep = None if retention is None else parse_duration(retention, "--retention")
         app = locate(app_spec)
         if store:
             app.use_store(store)
@@ -85,6 +94,7 @@ def worker(
             capabilities=capability or [],
             resources=_resources(resource or []),
             speed=speed,
+            retention=keep,
         )
         node.install_signal_handlers()
         node.run()

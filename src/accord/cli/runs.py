@@ -10,21 +10,27 @@ from rich.table import Table
 
 from accord.app import locate_task
 from accord.cli.common import (
+    JsonOpt,
+    SinceOpt,
     StoreOpt,
     cli,
     cwd_on_path,
     err,
     existing_store,
+    json_lines,
     out,
+    parse_duration,
     parse_value,
     secs,
     user_errors,
     when,
 )
 from accord.cli.progress import Interrupted, follow, interruptible, troubles, with_timeout
-from accord.errors import TaskError
+from accord.cli.task import run_cause, task_tree
+from accord.errors import ConfigError, TaskError
 from accord.scheduling.report import live_nodes, unschedulable, unschedulable_reason
 from accord.store import DEFAULT_URL
+from accord.store.records import RunInfo, TaskInfo, TaskState
 from accord.tasks.registry import Runtime
 from accord.worker.embedded import Embedded
 
@@ -112,15 +118,30 @@ def _goes_on(runtime: Runtime, run_id: int) -> str:
     )
 
 
+StateOpt = Annotated[
+    str | None, typer.Option("--state", help="only in this state (running, succeeded, ...)")
+]
+NameOpt = Annotated[str | None, typer.Option("--name", help="only with this name")]
+
+
 @cli.command()
 def runs(
     store: StoreOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+    state: StateOpt = None,
+    name: NameOpt = None,
+    since: SinceOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """List recent runs."""
+    """List recent runs, newest first."""
     with existing_store(store) as s:
+        after = None if since is None else s.now() - parse_duration(since, "--since")
+        found = s.runs(limit, state=_state(state, RUN_STATES), name=name, since=after)
+        if as_json:
+            json_lines(found)
+            return
         table = Table("run", "name", "app", "state", "tasks", "started", "took", "error")
-        for r in s.runs(limit):
+        for r in found:
             total = sum(r.counts.values())
             done = r.counts.get("succeeded", 0)
             table.add_row(
@@ -140,10 +161,33 @@ def runs(
 def tasks(
     run_id: Annotated[int, typer.Argument(help="the run's id")],
     store: StoreOpt = None,
+    state: StateOpt = None,
+    name: NameOpt = None,
+    node: Annotated[str | None, typer.Option("--node", help="only run by this node")] = None,
+    since: SinceOpt = None,
+    tree: Annotated[bool, typer.Option("--tree", help="as a tree of parents and inputs")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show each task of a run: state, node, attempts, timings, error."""
     with existing_store(store) as s:
         info = s.run(run_id)
+        wanted = _state(state, [t.value for t in TaskState])
+        after = None if since is None else s.now() - parse_duration(since, "--since")
+        every = s.tasks(run_id)
+        found = [
+            t
+            for t in every
+            if (wanted is None or t.state.value == wanted)
+            and (name is None or t.name == name)
+            and (node is None or t.node_name == node)
+            and (after is None or t.created_at >= after)
+        ]
+        if as_json:
+            json_lines(found)
+            return
+        if tree:
+            out.print(task_tree(info, found, s.dependencies(run_id)))
+            return
         nodes_now = s.nodes()
         table = Table(
             "task",
@@ -154,9 +198,9 @@ def tasks(
             "queued",
             "ran",
             "error",
-            title=f"run {info.id} ({info.name}): {info.state}",
+            title=f"run {info.id} ({info.name}): {info.state}" + _cause_of(info, every),
         )
-        for t in s.tasks(run_id):
+        for t in found:
             note = t.error or ""
             if t.state.value == "ready":
                 why = unschedulable_reason(t.queue, t.requires, t.resources, nodes_now)
@@ -177,13 +221,35 @@ def tasks(
 
 
 @cli.command()
-def status(store: StoreOpt = None) -> None:
+def status(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """Queues, live nodes, and ready tasks that no live node can run."""
     with existing_store(store) as s:
-        out.print(f"store: {s.url}", highlight=False)
         nodes_now = s.nodes()
         classes = s.ready_classes()
         queues = sorted({c[0] for c in classes} | {n.queue for n in nodes_now})
+        stuck = unschedulable(classes, nodes_now)
+        if as_json:
+            apps = []
+            for queue in queues:
+                live = live_nodes(nodes_now, queue)
+                apps.append(
+                    {
+                        "app": queue,
+                        "ready": sum(c[3] for c in classes if c[0] == queue),
+                        "live_nodes": len(live),
+                        "slots": sum(n.slots for n in live),
+                        "running": sum(n.running for n in live),
+                    }
+                )
+            keys = ("app", "requires", "resources", "tasks", "why")
+            document = {
+                "store": s.url,
+                "apps": apps,
+                "unschedulable": [dict(zip(keys, row, strict=True)) for row in stuck],
+            }
+            typer.echo(json.dumps(document))
+            return
+        out.print(f"store: {s.url}", highlight=False)
         table = Table("app", "ready", "live nodes", "slots", "running")
         for queue in queues:
             ready = sum(c[3] for c in classes if c[0] == queue)
@@ -196,7 +262,6 @@ def status(store: StoreOpt = None) -> None:
                 str(sum(n.running for n in live)),
             )
         out.print(table)
-        stuck = unschedulable(classes, nodes_now)
         if stuck:
             bad = Table("app", "requires", "resources", "tasks", "why", title="unschedulable")
             for queue, requires, resources, count, reason in stuck:
@@ -230,13 +295,24 @@ def events(
     run_id: Annotated[int | None, typer.Argument(help="only this run")] = None,
     store: StoreOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
+    kind: Annotated[str | None, typer.Option("--kind", help="only events of this kind")] = None,
+    task: Annotated[int | None, typer.Option("--task", help="only of this task")] = None,
+    since: SinceOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show the event log: failures, retries, lease expiries, node starts and stops."""
     with existing_store(store) as s:
         if run_id is not None:
             s.run(run_id)  # NotFoundError: no such run
+        if task is not None and run_id is None:
+            run_id = s.task(task).run_id  # (and NotFoundError: no such task)
+        after = None if since is None else s.now() - parse_duration(since, "--since")
+        found = s.events(run_id, limit, task_id=task, kind=kind, since=after)
+        if as_json:
+            json_lines(found)
+            return
         table = Table("at", "kind", "run", "task", "node", "detail")
-        for e in s.events(run_id, limit):
+        for e in found:
             table.add_row(
                 when(e.at),
                 e.kind,
@@ -246,3 +322,22 @@ def events(
                 (e.detail or "")[:100],
             )
         out.print(table)
+
+
+RUN_STATES = ["running", "succeeded", "failed", "cancelled"]
+
+
+def _state(state: str | None, known: list[str]) -> str | None:
+    if state is not None and state not in known:
+        raise ConfigError(f"--state {state!r} is not a state; use one of {', '.join(known)}")
+    return state
+
+
+def _cause_of(run: RunInfo, tasks: list[TaskInfo]) -> str:
+    if run.state != "failed":
+        return ""
+    cause = run_cause(tasks)
+    if cause is None:
+        return ""
+    kind = f"{cause.error_type}: " if cause.error_type else ""
+    return f", through task {cause.id} ({cause.name}): {kind}{(cause.error or '')[:80]}"

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from accord.hooks import Hooks
@@ -138,6 +138,25 @@ class TaskStore(Backend):
     @abc.abstractmethod
     def cancel_run(self, run_id: int, reason: str) -> int: ...
 
+    # -- housekeeping -----------------------------------------------------
+    @abc.abstractmethod
+    def prune(
+        self,
+        older_than: float,
+        *,
+        dry_run: bool = False,
+        batch: int = 500,
+        states: Iterable[str] | None = None,
+        app: str | None = None,
+    ) -> dict[str, int]:
+        """Remove the runs that ended (``states``, default all three ended
+        states; of ``app`` if given) more than ``older_than`` seconds ago,
+        with their tasks, deps, events and run-scoped state keys, ``batch``
+        runs per transaction; with ``dry_run`` only count them. Returns the
+        counts (runs, succeeded, failed, cancelled, tasks, deps, events,
+        state_keys, and kept: old runs an open task still needs). The rules
+        are in :mod:`accord.store.sql.prune`."""
+
     # -- reads ----------------------------------------------------------
     @abc.abstractmethod
     def results(self, task_ids: list[int]) -> list[TaskResult]: ...
@@ -156,13 +175,50 @@ class TaskStore(Backend):
         return self.run(run_id).state
 
     @abc.abstractmethod
-    def runs(self, limit: int = 20) -> list[RunInfo]: ...
+    def runs(
+        self,
+        limit: int = 20,
+        *,
+        state: str | None = None,
+        name: str | None = None,
+        since: float | None = None,
+    ) -> list[RunInfo]:
+        """The latest runs first; only those in ``state``, named ``name``,
+        created at or after ``since`` (store time) where given."""
 
     @abc.abstractmethod
     def nodes(self, include_stopped: bool = False) -> list[NodeInfo]: ...
 
     @abc.abstractmethod
-    def events(self, run_id: int | None = None, limit: int = 100) -> list[Event]: ...
+    def events(
+        self,
+        run_id: int | None = None,
+        limit: int = 100,
+        *,
+        task_id: int | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+    ) -> list[Event]:
+        """The last ``limit`` events, oldest first, filtered where given."""
+
+    @abc.abstractmethod
+    def retry_task(self, task_id: int) -> list[int]:
+        """Run a failed or cancelled task again with what its end cancelled;
+        the ids made open again, the task first."""
+
+    @abc.abstractmethod
+    def rerun(self, run_id: int) -> int:
+        """A new run with the same root (or top-level tasks) and arguments."""
+
+    @abc.abstractmethod
+    def task_args(self, task_id: int) -> bytes:
+        """A task's serialised arguments."""
+
+    @abc.abstractmethod
+    def dependencies(self, run_id: int) -> list[tuple[int, int, int]]:
+        """``(task, position, dependency)`` for every task of the run that
+        waits on another: position -1 is a forwarded result (the task's
+        value is the dependency's)."""
 
     def wait_changed(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for :meth:`changed` to turn true.

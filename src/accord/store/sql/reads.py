@@ -84,11 +84,19 @@ class ReadsMixin(SqlBase):
             counts=counts,
         )
 
-    def runs(self, limit: int = 20) -> list[RunInfo]:
+    def runs(
+        self,
+        limit: int = 20,
+        *,
+        state: str | None = None,
+        name: str | None = None,
+        since: float | None = None,
+    ) -> list[RunInfo]:
+        where, params = _filters(("state", state), ("name", name), ("created_at >=", since))
         rows = self._read(
             "SELECT id, app, name, state, root_task_id, created_at, finished_at, error "
-            "FROM runs ORDER BY id DESC LIMIT ?",
-            (limit,),
+            f"FROM runs{where} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
         )
         return [self._run_info(r) for r in rows]
 
@@ -121,13 +129,38 @@ class ReadsMixin(SqlBase):
             for r in rows
         ]
 
-    def events(self, run_id: int | None = None, limit: int = 100) -> list[Event]:
+    def events(
+        self,
+        run_id: int | None = None,
+        limit: int = 100,
+        *,
+        task_id: int | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+    ) -> list[Event]:
+        where, params = _filters(
+            ("run_id", run_id), ("task_id", task_id), ("kind", kind), ("at >=", since)
+        )
         rows = self._read(
-            "SELECT id, at, run_id, task_id, node_id, kind, detail FROM events "
-            "WHERE CAST(? AS BIGINT) IS NULL OR run_id = ? ORDER BY id DESC LIMIT ?",
-            (run_id, run_id, limit),
+            "SELECT id, at, run_id, task_id, node_id, kind, detail FROM events"
+            f"{where} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
         )
         return [Event(*r) for r in reversed(rows)]
+
+    def task_args(self, task_id: int) -> bytes:
+        rows = self._read("SELECT args FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise NotFoundError(f"task {task_id} does not exist", task_id=task_id)
+        return bytes(rows[0][0])
+
+    def dependencies(self, run_id: int) -> list[tuple[int, int, int]]:
+        rows = self._read(
+            "SELECT d.task_id, d.pos, d.dep_id FROM deps d JOIN tasks t ON t.id = d.task_id "
+            "WHERE t.run_id = ? ORDER BY d.task_id, d.pos",
+            (run_id,),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
 
 
 def _task_info(r: Any) -> TaskInfo:
@@ -158,3 +191,14 @@ def _task_info(r: Any) -> TaskInfo:
         losses=r[23],
         max_losses=r[24],
     )
+
+
+def _filters(*pairs: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause of the pairs whose value is given (``"column"`` for
+    equality, or ``"column op"``), and its parameters."""
+    terms, params = [], []
+    for column, value in pairs:
+        if value is not None:
+            terms.append(f"{column} ?" if " " in column else f"{column} = ?")
+            params.append(value)
+    return (" WHERE " + " AND ".join(terms) if terms else ""), params

@@ -202,7 +202,16 @@ class Settling(SqlBase):
                 ]
                 for task_id in open_ids:
                     self._cancel_one(tx, task_id, reason)
-                self._end_run(tx, run_id, root_state, root_error)
+                # A workflow cancelled through a failure (its value was to be
+                # a failed task's result, or a dependent's) ends its run failed.
+                state = root_state
+                if state == "cancelled":
+                    failed = c.execute(
+                        "SELECT 1 FROM tasks WHERE run_id = ? AND state = 'failed' LIMIT 1",
+                        (run_id,),
+                    ).fetchone()
+                    state = "failed" if failed else state
+                self._end_run(tx, run_id, state, root_error)
                 continue
             if still_open:
                 continue

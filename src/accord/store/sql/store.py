@@ -16,18 +16,22 @@ a unique key are run again by ``_write``.
 
 from __future__ import annotations
 
+from accord.store.sql.again import AgainMixin
 from accord.store.sql.claim import ClaimMixin
+from accord.store.sql.prune import PruneMixin
 from accord.store.sql.reads import ReadsMixin
 from accord.store.sql.submit import SubmitMixin
 
 
-class SqlStore(SubmitMixin, ClaimMixin, ReadsMixin):
+class SqlStore(SubmitMixin, ClaimMixin, ReadsMixin, AgainMixin, PruneMixin):
     """The task store over a SQL backend; subclasses give it connections.
 
     Composed of one mixin per concern: submission
     (:class:`~accord.store.sql.submit.SubmitMixin`), the node's side
     (:class:`~accord.store.sql.claim.ClaimMixin`, over completions, node
     leases, limits and settling) and reads
-    (:class:`~accord.store.sql.reads.ReadsMixin`), all on
+    (:class:`~accord.store.sql.reads.ReadsMixin`) and running again what
+    ended (:class:`~accord.store.sql.again.AgainMixin`), and housekeeping
+    (:class:`~accord.store.sql.prune.PruneMixin`), all on
     :class:`~accord.store.sql.core.SqlBase`.
     """
