@@ -137,3 +137,30 @@ def test_a_run_that_succeeded_with_failures_says_so(
     runs = cli(accord_env, tmp_path, "runs")
     (row,) = [line for line in runs.stdout.splitlines() if "tolerant" in line]
     assert "succeeded" in row and "4/6 1 failed, 1 cancelled" in row, row
+
+
+def test_run_detached_then_watched(
+    accord_env: dict[str, str], tmp_path: Path, flows: accord.App
+) -> None:
+    detached = cli(accord_env, tmp_path, "run", "apps.flows:dag", "6", "2", "--detach")
+    assert detached.returncode == 0, detached.stderr
+    run_id = int(detached.stdout)
+    assert "none is live now" in detached.stderr and f"accord watch {run_id}" in detached.stderr
+    assert flows.store.run(run_id).state == "running"  # nothing ran it here
+    with flows.embedded_node(slots=2):
+        watched = cli(accord_env, tmp_path, "watch", str(run_id))
+    assert watched.returncode == 0, watched.stderr
+    assert json.loads(watched.stdout) == sum(i * i for i in range(6))
+    assert f"run {run_id} (dag)" in watched.stderr  # the progress bar's label
+
+
+def test_wait_with_a_progress_bar_from_python(
+    flows: accord.App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = flows.start(f.dag, 6, 2)
+    with pytest.raises(TimeoutError, match=f"run {run.id} did not finish within 0.3 s"):
+        run.wait(0.3, progress=True)  # no node yet
+    with flows.embedded_node(slots=2):
+        assert run.wait(60, progress=True) == sum(i * i for i in range(6))
+    shown = capsys.readouterr().err
+    assert f"run {run.id}" in shown and "10/10" in shown  # 1 + 6 leaves + 2 groups + 1

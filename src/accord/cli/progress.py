@@ -4,16 +4,15 @@ interrupts."""
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from accord.cli.common import err
-from accord.store.records import TERMINAL
-from accord.tasks import Run
+from accord.tasks import Run, progress
+from accord.tasks.progress import troubles
+
+__all__ = ["Interrupted", "follow", "interruptible", "troubles", "with_timeout"]
 
 
 def follow(
@@ -23,44 +22,8 @@ def follow(
     show: bool = True,
     check: Callable[[], None] | None = None,
 ) -> Any:
-    """Wait for ``run`` while showing a progress bar of its tasks; ``check``
-    raises if the in-process node stopped on an error."""
-    if not show:
-        while True:
-            try:
-                return run.wait(0.5)
-            except TimeoutError:
-                if check is not None:
-                    check()
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err, transient=False) as progress:
-        bar = progress.add_task(label, total=1, detail="")
-        while True:
-            info = run.info()
-            total = sum(info.counts.values())
-            ended = sum(info.counts.get(s, 0) for s in TERMINAL)
-            detail = f"{info.counts.get('running', 0)} running" + troubles(info.counts, ", ")
-            progress.update(bar, total=max(total, 1), completed=ended, detail=detail)
-            if info.state != "running":
-                break
-            if check is not None:
-                check()
-            time.sleep(0.1)
-    return run.wait()
-
-
-def troubles(counts: Mapping[str, int], lead: str) -> str:
-    """``lead`` and "2 failed, 1 cancelled", or "" when no task of a run
-    failed or was cancelled (a run can succeed with both: its workflow
-    caught the failures)."""
-    parts = [f"{counts[s]} {s}" for s in ("failed", "cancelled") if counts.get(s)]
-    return lead + ", ".join(parts) if parts else ""
+    """:func:`accord.tasks.progress.follow` on the commands' stderr console."""
+    return progress.follow(run, label=label, show=show, check=check, console=err)
 
 
 def with_timeout(fn: Callable[[], Any], timeout: float | None) -> Any:

@@ -43,6 +43,9 @@ def run(
     timeout: Annotated[float | None, typer.Option(help="give up after this many seconds")] = None,
     slots: Annotated[int | None, typer.Option(help="slots of the in-process node")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="print the run's id and return; nodes run it")
+    ] = False,
 ) -> None:
     """Start a workflow, wait for it and print its value.
 
@@ -60,6 +63,10 @@ def run(
         values = [parse_value(a) for a in args or []]
         started = workflow.start(*values)
         err.print(f"run {started.id} started ({workflow.name})", highlight=False)
+        if detach:
+            err.print(_goes_on(runtime, started.id), highlight=False)
+            typer.echo(started.id)
+            return
         options = {"slots": slots} if slots else {}
         embedded = Embedded(runtime, options)
         try:
@@ -107,7 +114,7 @@ def run(
 
 def _goes_on(runtime: Runtime, run_id: int) -> str:
     """What becomes of a run its command stopped waiting for, and what to do."""
-    follow_it = f"follow it with: accord tasks {run_id}"
+    follow_it = f"follow it with: accord watch {run_id}"
     live = Embedded.live_nodes(runtime)
     if live:
         return f"run {run_id} goes on, on {live} live node(s) of app {runtime.name}; {follow_it}"

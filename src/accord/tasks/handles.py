@@ -186,13 +186,19 @@ class Run:
         """Cancel every open task of the run; return how many were cancelled."""
         return self._runtime.store.cancel_run(self.id, reason)
 
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(self, timeout: float | None = None, *, progress: bool = False) -> Any:
         """Wait until every task of the run has ended; return the run's value.
 
         The value is the root task's (the workflow's) value; a run without a
         root (``Task.map``) returns the list of its tasks' values. Raises like
         :meth:`Handle.result` when the run failed or was cancelled.
+        ``progress=True`` shows a progress bar of the run's tasks meanwhile
+        (on stderr in a terminal, as a widget in a notebook).
         """
+        if progress:
+            from accord.tasks.progress import follow
+
+            return follow(self, label=f"run {self.id}", timeout=timeout)
         store = self._runtime.store
 
         def check() -> str | None:
