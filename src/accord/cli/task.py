@@ -159,6 +159,9 @@ def task(
     if cause is not None and cause.traceback:
         out.print(f"  traceback of task {cause.id}:", highlight=False)
         out.print(cause.traceback.rstrip(), highlight=False, markup=False)
+    if not events:
+        out.print("  events:     -", highlight=False)
+        return
     table = Table("at", "kind", "node", "detail", title="events")
     for e in events:
         table.add_row(when(e.at), e.kind, str(e.node_id or "-"), (e.detail or "")[:120])

@@ -136,7 +136,10 @@ class Leases:
         why = self._why_lost(lost) if lost else {}
         for task_id in lost:
             task = held[task_id]
-            log.warning("task %d: %s; stopping it", task_id, why.get(task_id, _LOST))
+            reason = why.get(task_id, _LOST)
+            # A cancel is what someone asked for; a lost lease is a fault.
+            level = logging.INFO if reason.startswith("cancelled") else logging.WARNING
+            log.log(level, "task %d: %s; stopping it", task_id, reason)
             held.pop(task_id)
             if not pool.kill(task_id):
                 try:

@@ -192,7 +192,16 @@ class Settling(SqlBase):
             ).fetchone()
             if root_state in ("failed", "cancelled"):
                 # The workflow itself ended without a value: stop what it started.
-                reason = f"run {run_id} {root_state}: task {root_id} {root_state}"
+                # A workflow cancelled through a failure (its value was to be a
+                # failed task's result, or a dependent's) ends its run failed.
+                state = root_state
+                if state == "cancelled":
+                    failed = c.execute(
+                        "SELECT 1 FROM tasks WHERE run_id = ? AND state = 'failed' LIMIT 1",
+                        (run_id,),
+                    ).fetchone()
+                    state = "failed" if failed else state
+                reason = f"run {run_id} {state}: task {root_id} {root_state}"
                 open_ids = [
                     row[0]
                     for row in c.execute(
@@ -202,15 +211,6 @@ class Settling(SqlBase):
                 ]
                 for task_id in open_ids:
                     self._cancel_one(tx, task_id, reason)
-                # A workflow cancelled through a failure (its value was to be
-                # a failed task's result, or a dependent's) ends its run failed.
-                state = root_state
-                if state == "cancelled":
-                    failed = c.execute(
-                        "SELECT 1 FROM tasks WHERE run_id = ? AND state = 'failed' LIMIT 1",
-                        (run_id,),
-                    ).fetchone()
-                    state = "failed" if failed else state
                 self._end_run(tx, run_id, state, root_error)
                 continue
             if still_open:
