@@ -48,6 +48,30 @@ def _sleepers_running(app: accord.App, n: int) -> bool:
     return sum(1 for t in tasks if t.name.endswith("sleeper") and t.state is TaskState.RUNNING) == n
 
 
+def _two_sleepers_then(
+    app: accord.App,
+    env: dict[str, str],
+    cwd: Path,
+    seconds: float,
+    act: Callable[[subprocess.Popen[str]], None],
+) -> tuple[int, str, float]:
+    """``accord run`` two sleepers on its own node; once both run, ``act``;
+    the command's exit status, its stderr, and how long it took to exit."""
+    process = _start(
+        env, cwd, "apps.flows:slow_children", "2", str(seconds), "--slots", "2", "--no-progress"
+    )
+    try:
+        _until(lambda: _sleepers_running(app, 2), "two sleepers running")
+        sent = time.monotonic()
+        act(process)
+        _, stderr = process.communicate(timeout=30)
+        return process.returncode, stderr, time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("signum", "to_group"),
@@ -61,30 +85,14 @@ def test_an_interrupted_run_command_hands_its_attempts_back(
     signum: signal.Signals,
     to_group: bool,
 ) -> None:
-    process = _start(
-        accord_env,
-        tmp_path,
-        "apps.flows:slow_children",
-        "2",
-        str(SECONDS),
-        "--slots",
-        "2",
-        "--no-progress",
-    )
-    try:
-        _until(lambda: _sleepers_running(flows, 2), "two sleepers running")
-        sent = time.monotonic()
+    def interrupt(process: subprocess.Popen[str]) -> None:
         if to_group:
             os.killpg(process.pid, signum)
         else:
             process.send_signal(signum)
-        _, stderr = process.communicate(timeout=30)
-        took = time.monotonic() - sent
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == 130, stderr
+
+    returncode, stderr, took = _two_sleepers_then(flows, accord_env, tmp_path, SECONDS, interrupt)
+    assert returncode == 130, stderr
     assert took < 10, f"exiting took {took:.1f} s"
     assert "goes on" in stderr and "accord worker --app" in stderr, stderr
     assert "Traceback" not in stderr
@@ -108,21 +116,12 @@ def test_an_interrupted_run_command_hands_its_attempts_back(
 def test_a_cancelled_run_is_reported_cancelled_at_once(
     flows: accord.App, accord_env: dict[str, str], tmp_path: Path
 ) -> None:
-    process = _start(
-        accord_env, tmp_path, "apps.flows:slow_children", "2", "30", "--slots", "2", "--no-progress"
-    )
-    try:
-        _until(lambda: _sleepers_running(flows, 2), "two sleepers running")
-        (run,) = flows.store.runs(1)
-        sent = time.monotonic()
-        flows.store.cancel_run(run.id, "cancelled by the test")
-        _, stderr = process.communicate(timeout=30)
-        took = time.monotonic() - sent
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == 4, stderr
+    def cancel(process: subprocess.Popen[str]) -> None:
+        flows.store.cancel_run(flows.store.runs(1)[0].id, "cancelled by the test")
+
+    returncode, stderr, took = _two_sleepers_then(flows, accord_env, tmp_path, 30, cancel)
+    (run,) = flows.store.runs(1)
+    assert returncode == 4, stderr
     assert f"run {run.id} was cancelled" in stderr, stderr
     assert "failed" not in stderr and "heartbeat" not in stderr, stderr
     assert took < 5, f"the command took {took:.1f} s to notice"
