@@ -106,7 +106,12 @@ def test_node_speed_has_a_unit(
 ) -> None:
     with flows.embedded_node(slots=1, speed=3430.0):
         table = cli(accord_env, tmp_path, "nodes").stdout
+        (listed,) = [
+            json.loads(line)
+            for line in cli(accord_env, tmp_path, "nodes", "--json").stdout.splitlines()
+        ]
     assert "3,430 size/s" in table, table
+    assert listed["speed"] == 3430.0 and listed["queue"] == "flows" and listed["slots"] == 1
 
 
 def test_commands_never_create_a_postgresql_store(

@@ -13,10 +13,12 @@ from rich.table import Table
 
 from accord.app import locate
 from accord.cli.common import (
+    JsonOpt,
     StoreOpt,
     cli,
     cwd_on_path,
     existing_store,
+    json_lines,
     out,
     parse_duration,
     user_errors,
@@ -71,11 +73,18 @@ def worker(
             help="hourly, remove the app's runs that ended longer ago than this (7d, 12h)",
         ),
     ] = None,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar="ACCORD_LOG_LEVEL",
+            help="what the node logs: debug, info, warning or error (one line each)",
+        ),
+    ] = "info",
 ) -> None:
     """Run a node: claim and run the app's tasks until SIGTERM or Ctrl-C."""
     cwd_on_path()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with user_errors():
+        _logging(log_level)
         # Through the environment, so the node's slot processes read them too.
         if cache_size is not None:
             os.environ["ACCORD_CACHE_SIZE"] = str(parse_size(cache_size, "--cache-size"))
@@ -100,6 +109,24 @@ def worker(
         node.run()
 
 
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+def _logging(name: str) -> None:
+    """The node's console shows records at ``name`` and up; the root logger
+    lets INFO through, so that thread slots capture a task's INFO records for
+    ``accord logs`` (accord.worker.capture) without showing them here."""
+    level = _LEVELS.get(name.strip().lower())
+    if level is None:
+        raise ConfigError(f"--log-level must be one of {', '.join(_LEVELS)}, not {name!r}")
+    logging.basicConfig(
+        level=min(level, logging.INFO), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+
+
 def _resources(items: list[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in items:
@@ -117,9 +144,13 @@ def _resources(items: list[str]) -> dict[str, float]:
 def nodes(
     store: StoreOpt = None,
     all_nodes: Annotated[bool, typer.Option("--all", help="include stopped nodes")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List nodes with their slots, load and last heartbeat."""
     with existing_store(store) as s:
+        if as_json:
+            json_lines(s.nodes(include_stopped=all_nodes))
+            return
         table = Table(
             "node",
             "name",
