@@ -55,6 +55,9 @@ class Task(Generic[P, R]):
         self.__name__ = getattr(fn, "__name__", options.name)
         self.__wrapped__ = fn
         self._signature = _signature(fn)
+        # Calls with exactly the positional arguments a plain function takes
+        # need no binding (the common case, and bind costs microseconds).
+        self._plain_arity = _plain_arity(self._signature)
 
     @property
     def name(self) -> str:
@@ -87,7 +90,7 @@ class Task(Generic[P, R]):
 
     def _new_task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[NewTask, list[Any]]:
         opts = self.options
-        if self._signature is not None:
+        if self._signature is not None and (kwargs or len(args) != self._plain_arity):
             # Refused here, before anything is written: a call the function
             # cannot take would otherwise fail on a node, after the run began.
             try:
@@ -228,6 +231,18 @@ def _ref_key(obj: Any) -> object:
 
 def _top_level_dep(handle: Handle[Any]) -> int:
     return handle.id
+
+
+def _plain_arity(signature: inspect.Signature | None) -> int:
+    """The number of parameters, if every one is positional and has no
+    default; else -1 (every call is bound)."""
+    if signature is None:
+        return -1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = signature.parameters.values()
+    if all(p.kind in kinds and p.default is inspect.Parameter.empty for p in parameters):
+        return len(parameters)
+    return -1
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
