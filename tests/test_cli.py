@@ -116,7 +116,7 @@ def test_inspection_commands(store_url: str, accord_env: dict[str, str], tmp_pat
     (dag_row,) = _rows(runs.stdout, "dag")
     assert dag_row[:5] == ["1", "dag", "flows", "succeeded", "12/12"]
     (failed_row,) = _rows(runs.stdout, "fails_until")
-    assert failed_row[:5] == ["2", "fails_until", "flows", "failed", "0/1"]
+    assert failed_row[:5] == ["2", "fails_until", "flows", "failed", "0/1 1 failed"]
     assert "attempt 3 of 3 fails" in failed_row[-1]
     limited = cli(accord_env, tmp_path, "runs", "--limit", "1")
     assert _rows(limited.stdout, "dag") == [] and len(_rows(limited.stdout, "fails_until")) == 1

@@ -18,6 +18,7 @@ from accord.store import Store
 from accord.tasks import Handle, Run, Task, TaskOptions
 from accord.tasks.options import OPTION_NAMES
 from accord.tasks.registry import DEFAULT_MAX_PAYLOAD, Runtime, find, register_face
+from accord.tasks.schedules import define as define_schedule
 from accord.worker.embedded import Embedded
 from accord.worker.node import Node
 
@@ -228,6 +229,57 @@ class App:
         workflow's value (a returned handle's result, once it is ready)."""
         return self._register(fn, options, workflow=True)
 
+    def schedule(
+        self,
+        cron: str | None = None,
+        *,
+        every: datetime.timedelta | float | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        catch_up: str = "skip",
+        name: str | None = None,
+        **options: Any,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """Run a task periodically: ``@app.schedule("*/5 * * * *")`` (cron,
+        in UTC) or ``@app.schedule(every=timedelta(minutes=5))`` (counted from
+        the Unix epoch), each firing a new run of the task with ``args`` and
+        ``kwargs``. The function becomes a task of the app (``options`` are
+        those of :meth:`task`; or decorate a task already made). Each slot
+        fires once across all the app's nodes: the store decides. After
+        downtime, ``catch_up="skip"`` fires once for the latest missed slot,
+        ``"all"`` every missed one (the latest 100 at most). ``name`` defaults
+        to the task's. See ``docs/guide.md`` ("Periodic tasks")."""
+
+        def decorate(fn: Callable[P, R]) -> Task[P, R]:
+            if isinstance(fn, Task):
+                if fn.runtime is not self.runtime or options:
+                    raise ConfigError(
+                        f"@app.schedule over {fn!r}: stack it on a task of this app, with "
+                        "the task's options on @app.task"
+                    )
+                task, made = fn, False
+            else:
+                named = {"name": name} if name is not None else {}
+                task, made = self._register(fn, {**named, **options}, workflow=False), True
+            try:
+                define_schedule(
+                    self.runtime,
+                    task,
+                    cron=cron,
+                    every=every,
+                    args=args,
+                    kwargs=kwargs,
+                    catch_up=catch_up,
+                    name=name,
+                )
+            except ConfigError:
+                if made:
+                    self.tasks.pop(task.name, None)
+                raise
+            return task
+
+        return decorate
+
     def _register(
         self, fn: Callable[..., Any] | None, options: dict[str, Any], *, workflow: bool
     ) -> Any:
@@ -296,6 +348,11 @@ class App:
     def handle(self, task_id: int) -> Handle[Any]:
         info = self.store.task(task_id)
         return Handle(self.runtime, task_id, info.name)
+
+    def prune(self, older_than: float, *, dry_run: bool = False) -> dict[str, int]:
+        """Remove this app's runs that ended over ``older_than`` seconds ago, with
+        their tasks, events and run state (:meth:`Store.prune`; ``accord prune``)."""
+        return self.store.prune(older_than, dry_run=dry_run, app=self.name)
 
     # -- nodes --------------------------------------------------------------
     def node(self, **options: Any) -> Node:

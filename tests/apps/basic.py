@@ -79,3 +79,39 @@ def through_file(path: str) -> accord.Handle[int]:
 def awaits_file(path: str) -> int:
     """Raises needs_file's failure itself (it waits on the result)."""
     return needs_file.submit(path).result(timeout=60) + 1
+
+
+# -- for tests/test_logs.py: tasks that print and log ---------------------------
+
+
+@app.task
+def chatty(tag: str, lines: int = 1, pause: float = 0.0) -> str:
+    """Prints, writes to stderr and logs ``lines`` times, tagged."""
+    import logging
+    import sys
+
+    for i in range(lines):
+        print(f"out {tag} {i}")
+        sys.stderr.write(f"err {tag} {i}\n")
+        logging.getLogger("basic.chatty").info("log %s %d", tag, i)
+        if pause:
+            time.sleep(pause)
+    return tag
+
+
+@app.task(retries=6, backoff=0.01, max_backoff=0.01)
+def chatty_fails() -> None:
+    """Says its attempt, then fails (seven attempts)."""
+    from accord.tasks import context
+
+    ctx = context.current()
+    print(f"this is attempt {ctx.attempt if ctx else '?'}")
+    raise ValueError("fails every time")
+
+
+@app.task
+def flood(lines: int, width: int = 99) -> int:
+    """Prints ``lines`` numbered lines of ``width`` characters."""
+    for i in range(lines):
+        print(f"{i:08d}".ljust(width, "x"))
+    return lines

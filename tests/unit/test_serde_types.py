@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from accord import serde
+from accord import _pytypes, serde
 
 PLUS_2 = dt.timezone(dt.timedelta(hours=2))
 ODD_OFFSET = dt.timezone(dt.timedelta(hours=-3, minutes=-30, seconds=-15, microseconds=-7))
@@ -327,7 +327,7 @@ def test_what_msgspec_would_convert_is_found_wherever_it_is(value: Any) -> None:
 
 def test_past_the_census_limit_values_still_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
     """Too many containers for the quick look: the careful path does it all."""
-    monkeypatch.setattr(serde, "_CENSUS_LIMIT", 3)
+    monkeypatch.setattr(_pytypes, "_CENSUS_LIMIT", 3)
     value = [[1], [2], {"k": [3, (4,)]}, [dt.date(2024, 1, 1)], "s"]
     assert serde._needs_care(value)
     back = serde.loads(serde.dumps(value))

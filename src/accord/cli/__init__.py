@@ -9,14 +9,27 @@ One module per group of commands: :mod:`~accord.cli.runs`,
 
 from __future__ import annotations
 
-from accord.cli import demo, housekeeping, nodes, objects, runs, state, task
+from accord.cli import demo, housekeeping, logs, nodes, objects, runs, schedules, state, task
 from accord.cli.common import cli
 
-__all__ = ["cli", "demo", "housekeeping", "main", "nodes", "objects", "runs", "state", "task"]
+__all__ = [
+    "cli",
+    "demo",
+    "housekeeping",
+    "logs",
+    "main",
+    "nodes",
+    "objects",
+    "runs",
+    "state",
+    "task",
+]
 
 state.register(cli)  # accord state | mailbox | topic ...
 objects.register(cli)  # accord objects ...
 housekeeping.register(cli)  # accord prune
+schedules.register(cli)  # accord schedules [pause | resume]
+logs.register(cli)  # accord logs TASK
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ def _what(counts: dict[str, int]) -> str:
     return (
         f"{counts['runs']} run(s){f' ({states})' if states else ''}, {counts['tasks']} task(s), "
         f"{counts['deps']} dependency row(s), {counts['events']} event(s), "
-        f"{keys} state key(s) of their namespaces"
+        f"{counts['log_lines']} log line(s), {keys} state key(s) of their namespaces"
     )
 
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from accord import serde
 from accord._checks import check_key
 from accord.errors import ConfigError, CorruptedError, PayloadTooLargeError
-from accord.store.base import StateStore
 from accord.store.records import OutMessage
+from accord.store.state_base import StateStore
 
 if TYPE_CHECKING:
     from accord.store.base import Store

@@ -20,8 +20,8 @@ from accord.messaging.common import (
     state_store,
     wait_pause,
 )
-from accord.store.base import StateStore
 from accord.store.records import Fence, TopicRow
+from accord.store.state_base import StateStore
 
 if TYPE_CHECKING:
     from accord.store.base import Store

@@ -21,8 +21,8 @@ from accord.state.locks import Election, Lock
 from accord.state.records import Change, Entry, SnapshotInfo
 from accord.state.txn import Txn
 from accord.state.watch import Watch
-from accord.store.base import StateStore
 from accord.store.records import Fence, KvChange, KvDelete, KvRow
+from accord.store.state_base import StateStore
 
 if TYPE_CHECKING:
     from accord.store.base import Store

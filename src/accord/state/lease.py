@@ -14,8 +14,8 @@ from accord.errors import (
     LeaseExpiredError,
     StoreError,
 )
-from accord.store.base import StateStore
 from accord.store.records import Fence
+from accord.store.state_base import StateStore
 
 
 class Lease:

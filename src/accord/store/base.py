@@ -12,67 +12,39 @@ The contract comes in the parts that callers use:
   nodes and events back (clients, the CLI).
 - :class:`ClaimStore`: the node's side: claiming, completing, heartbeats,
   handing tasks back, registering nodes (:mod:`accord.worker`).
-- :class:`KvStore`: the state store's keys, transactions, history, watches
-  and leases (:mod:`accord.state`).
-- :class:`MessagingStore`: mailboxes and topics (:mod:`accord.messaging`).
+- ``KvStore``: the state store's keys, transactions, history, watches and
+  leases (:mod:`accord.state`), and ``MessagingStore``: mailboxes and topics
+  (:mod:`accord.messaging`), in :mod:`accord.store.state_base`.
 
 :class:`Store` is the task store (tasks and claims), :class:`StateStore` the
 state store and messaging; both SQL backends implement both.
 
-Semantics every state backend keeps (etcd's data model):
-
-- One global revision counter. A write transaction that changes at least one
-  key takes the next revision; its changes are numbered ``seq`` 0, 1, ... in
-  the order they were applied. A transaction that changes nothing (a failed
-  compare with no else-branch, a delete of an absent key) takes none.
-- A key's ``version`` counts its writes (puts and deletes) and never goes
-  back, also across a delete and a re-create: a deleted key keeps a tombstone
-  with its version. For comparisons an absent key has version, revisions and
-  lease 0 and no value.
-- ``compacted`` = C means history before revision C may be gone: reads at a
-  revision R >= C and watches from S >= C are exact, older ones raise
-  :class:`~accord.errors.CompactedError`. Named snapshots hold C back.
-- ``fence`` = (task id, fence) makes a write conditional, in the same
-  transaction, on that task being ``running`` with that fence; otherwise
-  :class:`~accord.errors.FencedError` and nothing is written.
+The state store's part (:class:`KvStore`, :class:`MessagingStore`, and
+:class:`StateStore` of both) is in :mod:`accord.store.state_base`.
 """
 
 from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from accord.hooks import Hooks
 from accord.store.records import (
-    ChangesPage,
     ClaimedTask,
     Completion,
     Event,
-    Fence,
-    KvChange,
-    KvCompare,
-    KvOp,
-    KvRow,
-    KvStatus,
-    LeaseRow,
-    MailboxRow,
-    MailboxStats,
     NewRun,
     NewTask,
     NodeInfo,
-    OutMessage,
     RunInfo,
-    SnapshotRow,
-    SubscriberRow,
     TaskInfo,
     TaskResult,
-    TopicPage,
-    TxnOutcome,
 )
 
 if TYPE_CHECKING:
+    from accord.scheduling.periodic import Fired, ScheduleDef, ScheduleInfo
     from accord.scheduling.policy import NodeSpec, Policy
 
 
@@ -99,6 +71,17 @@ class Backend(abc.ABC):
         visibility are judged by: this host's clock, or the database
         server's where hosts share one."""
         return time.time()
+
+
+class LogLine(NamedTuple):
+    """One line a task attempt printed or logged (:meth:`TaskStore.task_logs`):
+    ``stream`` is ``stdout``, ``stderr`` or ``LEVEL:logger``; ``at`` the node's clock."""
+
+    attempt: int
+    seq: int
+    at: float
+    stream: str
+    text: str
 
 
 class TaskStore(Backend):
@@ -138,6 +121,16 @@ class TaskStore(Backend):
     @abc.abstractmethod
     def cancel_run(self, run_id: int, reason: str) -> int: ...
 
+    # -- periodic tasks (accord.store.sql.schedules) -----------------------
+    @abc.abstractmethod
+    def schedules(self, app: str | None = None) -> list[ScheduleInfo]:
+        """The schedules the store holds (of ``app`` if given), by app and name."""
+
+    @abc.abstractmethod
+    def set_schedule_enabled(self, app: str, name: str, enabled: bool) -> bool:
+        """Pause or resume a schedule (resumed, it fires from its next slot
+        after now); False if there is none of that name."""
+
     # -- housekeeping -----------------------------------------------------
     @abc.abstractmethod
     def prune(
@@ -151,11 +144,11 @@ class TaskStore(Backend):
     ) -> dict[str, int]:
         """Remove the runs that ended (``states``, default all three ended
         states; of ``app`` if given) more than ``older_than`` seconds ago,
-        with their tasks, deps, events and run-scoped state keys, ``batch``
-        runs per transaction; with ``dry_run`` only count them. Returns the
-        counts (runs, succeeded, failed, cancelled, tasks, deps, events,
-        state_keys, and kept: old runs an open task still needs). The rules
-        are in :mod:`accord.store.sql.prune`."""
+        with their tasks, deps, logs, events and run-scoped state keys,
+        ``batch`` runs per transaction; with ``dry_run`` only count them.
+        Returns the counts (runs, succeeded, failed, cancelled, tasks, deps,
+        events, log_lines, state_keys, and kept: old runs left, as an open
+        task still needs them). The rules are in :mod:`accord.store.sql.prune`."""
 
     # -- reads ----------------------------------------------------------
     @abc.abstractmethod
@@ -219,6 +212,27 @@ class TaskStore(Backend):
         """``(task, position, dependency)`` for every task of the run that
         waits on another: position -1 is a forwarded result (the task's
         value is the dependency's)."""
+
+    # -- logs of attempts (accord.store.sql.logs) ---------------------
+    @abc.abstractmethod
+    def append_logs(
+        self,
+        task_id: int,
+        fence: int,
+        lines: Sequence[tuple[float, str, str]],
+        dropped: int = 0,
+    ) -> bool:
+        """Add ``(at, stream, text)`` lines to the running attempt that holds
+        ``fence`` (and count ``dropped`` bytes the node dropped before sending);
+        False, and nothing written, if the fence is stale. The attempt keeps
+        its newest lines within its bound, the task its last attempts."""
+
+    @abc.abstractmethod
+    def task_logs(
+        self, task_id: int, attempt: int | None = None, after: tuple[int, int] | None = None
+    ) -> tuple[list[LogLine], dict[int, int]]:
+        """The kept lines of a task's attempts (of one ``attempt``; only those
+        after ``(attempt, seq)``) in order, and the bytes dropped per attempt."""
 
     def wait_changed(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for :meth:`changed` to turn true.
@@ -304,6 +318,19 @@ class ClaimStore(Backend):
     @abc.abstractmethod
     def stop_node(self, node_id: int) -> None: ...
 
+    @abc.abstractmethod
+    def define_schedules(self, app: str, schedules: list[ScheduleDef]) -> None:
+        """Write the app's schedule definitions (a node of it starts): a new
+        or changed one fires from its next slot after now, an unchanged one
+        keeps its next slot (missed slots are caught up by its policy), and
+        one the app no longer defines is kept but orphaned (not fired)."""
+
+    @abc.abstractmethod
+    def fire_schedules(self, app: str, templates: dict[str, NewTask]) -> list[Fired]:
+        """Fire the app's due schedules among ``templates`` (schedule name ->
+        the task to submit, its arguments and key filled in here) in one
+        transaction, each slot once across all nodes, and advance them."""
+
     def work_changed(self) -> bool:
         """True if tasks may have become ready since the last call: what a
         node waits for. This default answers as :meth:`changed` does (and
@@ -335,208 +362,3 @@ class Store(TaskStore, ClaimStore):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-class KvStore(Backend):
-    """The state store's keys, transactions, history, snapshots and leases.
-    Every method is one transaction; writes are durable when they return."""
-
-    # -- keys ---------------------------------------------------------------
-    @abc.abstractmethod
-    def kv_get(self, key: str, revision: int | None = None) -> tuple[KvRow | None, int]:
-        """The key's row (at ``revision`` if given) and the store's revision then."""
-
-    @abc.abstractmethod
-    def kv_range(
-        self, prefix: str, revision: int | None = None, limit: int | None = None
-    ) -> tuple[list[KvRow], int]:
-        """Live keys under ``prefix`` in key order, and the store's revision then."""
-
-    @abc.abstractmethod
-    def kv_txn(
-        self,
-        compares: list[KvCompare],
-        then: list[KvOp],
-        orelse: list[KvOp],
-        *,
-        fence: Fence = None,
-        task_id: int | None = None,
-    ) -> TxnOutcome:
-        """If every compare holds apply ``then``, else ``orelse``, all or nothing.
-
-        Raises :class:`~accord.errors.LeaseExpiredError` if a put names a lease
-        that is gone, :class:`~accord.errors.FencedError` for a stale fence.
-        """
-
-    @abc.abstractmethod
-    def kv_changes(
-        self, key: str, prefix: bool, from_revision: int, limit: int = 1000
-    ) -> ChangesPage:
-        """Changes of ``key`` (or under it) from ``from_revision`` on, whole revisions only.
-
-        Raises :class:`~accord.errors.CompactedError` if ``from_revision`` is
-        below the compaction point.
-        """
-
-    @abc.abstractmethod
-    def kv_history(
-        self,
-        key: str,
-        prefix: bool,
-        from_revision: int = 0,
-        to_revision: int | None = None,
-        limit: int | None = None,
-    ) -> list[KvChange]:
-        """The kept history of ``key`` (or under it), oldest first."""
-
-    @abc.abstractmethod
-    def kv_status(self) -> KvStatus: ...
-
-    @abc.abstractmethod
-    def kv_compact(self, revision: int, *, fence: Fence = None) -> int:
-        """Drop history before ``revision`` (held back by snapshots); return the new point."""
-
-    @abc.abstractmethod
-    def kv_set_retention(self, retain: int | None) -> None:
-        """Keep about the last ``retain`` revisions (None: keep all)."""
-
-    @abc.abstractmethod
-    def kv_rollback(
-        self,
-        key: str,
-        prefix: bool,
-        *,
-        revision: int | None = None,
-        snapshot: str | None = None,
-        fence: Fence = None,
-        task_id: int | None = None,
-    ) -> TxnOutcome:
-        """Make ``key`` (or the keys under it) what they were at a revision, as
-        one new revision (no revision if nothing differs)."""
-
-    @abc.abstractmethod
-    def kv_snapshot(self, name: str, *, fence: Fence = None) -> int: ...
-
-    @abc.abstractmethod
-    def kv_snapshots(self, prefix: str) -> list[SnapshotRow]: ...
-
-    @abc.abstractmethod
-    def kv_delete_snapshot(self, name: str, *, fence: Fence = None) -> bool: ...
-
-    # -- leases -------------------------------------------------------------
-    @abc.abstractmethod
-    def lease_grant(self, ttl: float, *, fence: Fence = None) -> LeaseRow: ...
-
-    @abc.abstractmethod
-    def lease_keepalive(self, lease_id: int, *, fence: Fence = None) -> LeaseRow:
-        """Extend a lease by its ttl; :class:`LeaseExpiredError` if it is gone."""
-
-    @abc.abstractmethod
-    def lease_revoke(self, lease_id: int, *, fence: Fence = None) -> int:
-        """End a lease now, deleting its keys; return how many keys went."""
-
-    @abc.abstractmethod
-    def lease_info(self, lease_id: int) -> LeaseRow | None: ...
-
-    @abc.abstractmethod
-    def kv_expire_leases(self) -> int:
-        """Delete the keys of every expired lease; return how many leases ended."""
-
-
-class MessagingStore(Backend):
-    """Mailboxes and topics. Every method is one transaction; writes are
-    durable when they return."""
-
-    # -- mailboxes ----------------------------------------------------------
-    @abc.abstractmethod
-    def mailbox_send(
-        self, mailbox: str, messages: list[OutMessage], *, fence: Fence = None
-    ) -> list[tuple[int, bool]]:
-        """Store messages; return ``(seq, duplicate)`` for each.
-
-        A message whose id is already stored (and not yet past the
-        de-duplication window) is not stored again; with another checksum it
-        raises :class:`~accord.errors.ConflictError` and nothing is written.
-        """
-
-    @abc.abstractmethod
-    def mailbox_receive(
-        self, mailbox: str, limit: int, visibility: float, *, fence: Fence = None
-    ) -> tuple[list[MailboxRow], float | None]:
-        """Take up to ``limit`` visible messages, hidden for ``visibility`` seconds.
-
-        Also returns when the next hidden message becomes visible (``None``
-        if none is in flight).
-        """
-
-    @abc.abstractmethod
-    def mailbox_settle(
-        self,
-        mailbox: str,
-        deliveries: list[tuple[int, int]],
-        *,
-        ack: bool,
-        delay: float = 0.0,
-        fence: Fence = None,
-    ) -> list[bool]:
-        """Acknowledge (``ack``) or make visible again after ``delay`` the
-        ``(seq, delivery)`` pairs; False where that delivery is no longer current."""
-
-    @abc.abstractmethod
-    def mailbox_stats(self, mailbox: str) -> MailboxStats: ...
-
-    @abc.abstractmethod
-    def mailbox_purge(self, acked_before: float, *, fence: Fence = None) -> int:
-        """Forget acknowledged messages acknowledged before ``acked_before``."""
-
-    # -- topics -------------------------------------------------------------
-    @abc.abstractmethod
-    def topic_publish(
-        self, topic: str, messages: list[OutMessage], *, fence: Fence = None
-    ) -> list[tuple[int, bool]]:
-        """Append messages; return ``(offset, duplicate)`` for each."""
-
-    @abc.abstractmethod
-    def topic_read(self, topic: str, from_offset: int, limit: int) -> TopicPage:
-        """Messages from ``from_offset`` on; :class:`CompactedError` if trimmed."""
-
-    @abc.abstractmethod
-    def topic_subscribe(
-        self, topic: str, subscriber: str, from_offset: int | None, *, fence: Fence = None
-    ) -> int:
-        """Register ``subscriber`` (at ``from_offset``, else where it stopped, else
-        at the end); return its next offset."""
-
-    @abc.abstractmethod
-    def topic_commit(
-        self, topic: str, subscriber: str, next_offset: int, *, fence: Fence = None
-    ) -> None: ...
-
-    @abc.abstractmethod
-    def topic_unsubscribe(self, topic: str, subscriber: str, *, fence: Fence = None) -> bool: ...
-
-    @abc.abstractmethod
-    def topic_subscribers(self, topic: str) -> list[SubscriberRow]: ...
-
-    @abc.abstractmethod
-    def topic_trim(
-        self, topic: str, before: int | None, *, force: bool = False, fence: Fence = None
-    ) -> int:
-        """Drop messages before ``before`` (default: the slowest subscriber's
-        offset; never past it unless ``force``); return the new first offset."""
-
-    @abc.abstractmethod
-    def topic_offsets(self, topic: str) -> tuple[int, int]:
-        """``(first_offset, next_offset)`` of a topic."""
-
-
-class StateStore(KvStore, MessagingStore):
-    """Storage of the state store and of messaging. Every method is one
-    transaction; writes are durable when they return.
-
-    A backend implements it next to :class:`Store`: both SQL stores mix in
-    :class:`~accord.store.sql.state.SqlStateMixin` (the SQLite store through
-    :class:`~accord.store.sqlite.state.SqliteStateMixin`, which adds its group
-    commit). Above it, :mod:`accord.state` and :mod:`accord.messaging` validate
-    input and deal in user values.
-    """

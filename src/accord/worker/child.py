@@ -45,6 +45,9 @@ def child_main(locator: str, store_url: str, conn: Connection, node_id: int) -> 
         why = clean_text(f"cannot load app {locator}: {describe_exception(exc)}", MAX_ERROR_CHARS)
         conn.send_bytes(encode(["fatal", why]))
         raise SystemExit(3) from None
+    from accord.worker.capture import prepare_slot_process
+
+    prepare_slot_process()  # INFO records reach the capture of the task's logs
     conn.send_bytes(encode(["ready"]))
     decode_task = msgspec.msgpack.Decoder(ClaimedTask).decode
     decode_any = msgspec.msgpack.Decoder().decode

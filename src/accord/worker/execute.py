@@ -22,6 +22,7 @@ from accord.store.records import ClaimedTask, Completion, Outcome
 from accord.tasks import context, gather
 from accord.tasks.handles import Handle
 from accord.tasks.registry import Runtime
+from accord.worker import capture
 
 
 def execute(
@@ -76,11 +77,13 @@ def execute(
     )
     token = context.enter(ctx)
     started = time.perf_counter()
-    try:
-        completion = _run(runtime, fn, task, ctx, args, kwargs)
-    finally:
-        ctx.close()  # children still buffered are written before the outcome is reported
-        context.leave(token)
+    # What the task prints and logs; its last lines are written before the outcome is sent.
+    with capture.capturing(lambda: runtime.store, task.id, task.fence):
+        try:
+            completion = _run(runtime, fn, task, ctx, args, kwargs)
+        finally:
+            ctx.close()  # children still buffered are written before the outcome is reported
+            context.leave(token)
     completion.duration = time.perf_counter() - started
     return completion
 

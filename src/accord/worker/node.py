@@ -19,18 +19,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import socket
 import threading
 import time
 from collections import deque
 
 from accord._checks import check_string, check_text
-from accord.errors import AccordError, ConfigError, StoreError, UnstorableError
+from accord.errors import ConfigError, StoreError, UnstorableError
 from accord.scheduling.policy import NodeSpec, check_capacity, check_speed
-from accord.store.records import ClaimedTask, Completion
+from accord.store.records import ClaimedTask, Completion, Outcome
 from accord.tasks.registry import AppLike, as_runtime
+from accord.tasks.schedules import Firing
 from accord.worker.dispatch import MIN_PRIORITY, Dispatch
+from accord.worker.housekeeping import LogLost, prune_now_and_then, take_stop_signals
 from accord.worker.leases import Leases
 from accord.worker.pool import make_pool
 from accord.worker.record import Recording
@@ -54,10 +55,8 @@ STAGGER_RANKS = 3
 WAIT_FAST = 0.001
 WAIT_SLOW = 0.01
 MAX_NODE_NAME_BYTES = 256
-# A node with a retention setting prunes its app's old runs this long after
-# it starts, then this often (Store.prune).
-RETENTION_DELAY = 60.0
-RETENTION_EVERY = 3600.0
+# A line of what the node claimed and finished, this often (if it did anything).
+SUMMARY_EVERY = 30.0
 
 
 class Node(Leases, Dispatch, Recording):
@@ -208,26 +207,7 @@ class Node(Leases, Dispatch, Recording):
         thread other than the main one (CPython then does not wake the main
         thread's loop), and a node that ignores SIGTERM cannot be stopped.
         """
-        stops = {signal.SIGTERM, signal.SIGINT}
-
-        def on_signal(signum: int, frame: object) -> None:
-            self.stop(graceful=not self._stop.is_set())
-
-        def take_signals() -> None:
-            while True:
-                signal.sigwait(stops)
-                self.stop(graceful=not self._stop.is_set())
-
-        # multiprocessing unblocks both signals in the thread that first starts
-        # its resource tracker: start it now, before blocking them.
-        from multiprocessing import resource_tracker
-
-        resource_tracker.ensure_running()
-        # The handlers only serve if something unblocks the signals again.
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-        threading.Thread(target=take_signals, name="accord-signals", daemon=True).start()
+        take_stop_signals(lambda: self.stop(graceful=not self._stop.is_set()))
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
@@ -246,6 +226,7 @@ class Node(Leases, Dispatch, Recording):
             lease_ttl=self.lease_ttl,
         )
         self._find_rank()
+        firing = Firing(self.runtime)  # the app's schedules, written to the store
         pool = make_pool(self.mode, self.runtime, self.slots, node_id)
         # New work wakes the loop at once where the store is told of commits.
         unsubscribe = store.on_work(pool.wake)
@@ -256,17 +237,24 @@ class Node(Leases, Dispatch, Recording):
         ).start()
         if self.retention is not None:
             threading.Thread(
-                target=self._prune, args=(self.retention, serving), name="accord-prune", daemon=True
+                target=prune_now_and_then,
+                args=(self.runtime, self.retention, serving),
+                name="accord-prune",
+                daemon=True,
             ).start()
         self._started.set()
         log.info(
-            "node %s (%d) serving app %s with %d %s slots",
+            "node %s (%d) serving app %s with %d %s slots, store %s",
             self.name,
             node_id,
             self.runtime.name,
             self.slots,
             self.mode,
+            store.url,
         )
+        summary = [0, 0, 0]  # claimed, completed, failed since the last summary line
+        lost_log = store.hooks.add(LogLost())  # one line for each node this one marks lost
+        next_summary = time.monotonic() + SUMMARY_EVERY
         held: dict[int, ClaimedTask] = {}
         waiting: deque[ClaimedTask] = deque()
         done: list[Completion] = []
@@ -294,6 +282,18 @@ class Node(Leases, Dispatch, Recording):
                 if now >= next_heartbeat:
                     self._heartbeat(pool, held, waiting)
                     next_heartbeat = now + self.heartbeat_interval
+                # Due schedules fire in the store (at most once a second).
+                look = firing.tick(now) or look
+                if now >= next_summary:
+                    next_summary = now + SUMMARY_EVERY
+                    if any(summary):
+                        log.info(
+                            "in %.0f s: claimed %d, completed %d, failed %d; running %d",
+                            SUMMARY_EVERY,
+                            *summary,
+                            pool.active(),
+                        )
+                        summary = [0, 0, 0]
                 if look_at and now >= look_at:
                     look_at = 0.0
                     look = look or self._work_left()
@@ -389,6 +389,9 @@ class Node(Leases, Dispatch, Recording):
                             why.get(task_id, "lease lost"),
                         )
                     self.executed += len(done)
+                    summary[0] += len(claimed)
+                    summary[1] += len(done)
+                    summary[2] += sum(1 for c in done if c.outcome is Outcome.ERROR)
                     done = []
                     done_top = MIN_PRIORITY
                     for task in claimed:
@@ -460,24 +463,13 @@ class Node(Leases, Dispatch, Recording):
         finally:
             serving.set()
             unsubscribe()
+            store.hooks.remove(lost_log)
             pool.close()
             try:
                 store.stop_node(node_id)
             except StoreError:
                 log.warning("could not mark node %d stopped", node_id)
-
-    def _prune(self, retention: float, serving: threading.Event) -> None:
-        """Remove the app's runs that ended over ``retention`` seconds ago, now and then."""
-        wait = RETENTION_DELAY
-        while not serving.wait(wait):
-            wait = RETENTION_EVERY
-            try:
-                counts = self.runtime.store.prune(retention, app=self.runtime.name)
-            except AccordError as exc:
-                log.warning("could not prune old runs: %s", exc)
-                continue
-            if counts["runs"]:
-                log.info("pruned %d run(s), %d task(s)", counts["runs"], counts["tasks"])
+            log.info("node %s (%d) stopped after %d attempt(s)", self.name, node_id, self.executed)
 
     def _find_rank(self) -> None:
         try:

@@ -19,7 +19,6 @@ from accord.errors import (
     FencedError,
     StoreError,
 )
-from accord.store.base import StateStore
 from accord.store.records import (
     ChangeKind,
     Fence,
@@ -30,6 +29,7 @@ from accord.store.records import (
     KvRow,
 )
 from accord.store.sql.core import Conn, _Tx
+from accord.store.state_base import StateStore
 
 T = TypeVar("T")
 

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 from accord.store.sql.again import AgainMixin
 from accord.store.sql.claim import ClaimMixin
+from accord.store.sql.logs import LogsMixin
 from accord.store.sql.prune import PruneMixin
 from accord.store.sql.reads import ReadsMixin
+from accord.store.sql.schedules import SchedulesMixin
 from accord.store.sql.submit import SubmitMixin
 
 
-class SqlStore(SubmitMixin, ClaimMixin, ReadsMixin, AgainMixin, PruneMixin):
+class SqlStore(
+    SchedulesMixin, SubmitMixin, ClaimMixin, ReadsMixin, AgainMixin, PruneMixin, LogsMixin
+):
     """The task store over a SQL backend; subclasses give it connections.
 
     Composed of one mixin per concern: submission
