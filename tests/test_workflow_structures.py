@@ -175,7 +175,7 @@ def test_a_cancelled_running_task_is_logged_as_cancelled(
     flows: accord.App, caplog: pytest.LogCaptureFixture
 ) -> None:
     running = f.sleeper.submit("", 3.0)
-    with caplog.at_level(logging.WARNING, logger="accord.node"):
+    with caplog.at_level(logging.INFO, logger="accord.node"):
         with flows.embedded_node(mode="thread", slots=1, lease_ttl=1.5, grace=0):
             wait_for(lambda: running.status() is TaskState.RUNNING, 20, "the task starting")
             assert running.cancel("no longer wanted") is True
@@ -185,6 +185,9 @@ def test_a_cancelled_running_task_is_logged_as_cancelled(
                 "the node noticing",
             )
     lines = [r.getMessage() for r in caplog.records if f"task {running.id}" in r.getMessage()]
+    assert all(
+        r.levelno == logging.INFO for r in caplog.records if f"task {running.id}:" in r.getMessage()
+    )
     assert lines == [f"task {running.id}: cancelled (no longer wanted); stopping it"]
     assert not any("lease" in line for line in lines)
 
