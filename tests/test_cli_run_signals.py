@@ -18,7 +18,7 @@ import pytest
 import accord
 from accord import TaskState
 
-SECONDS = 3.0  # each sleeper's length
+SECONDS = 4.0  # each sleeper's length
 
 
 def _start(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
@@ -62,6 +62,10 @@ def _two_sleepers_then(
     )
     try:
         _until(lambda: _sleepers_running(app, 2), "two sleepers running")
+        # A node claims as soon as it is up, while its slot processes may
+        # still be starting; a Ctrl-C then reaches a slot before it ignores
+        # SIGINT (a harmless traceback). Let them finish starting.
+        time.sleep(1.0)
         sent = time.monotonic()
         act(process)
         _, stderr = process.communicate(timeout=30)
