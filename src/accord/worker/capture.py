@@ -128,6 +128,20 @@ class Buffer:
                 self.refused = not store.append_logs(self.task_id, self.fence, lines, dropped)
             except Exception as exc:  # logs never fail an attempt
                 log.debug("task %d: could not write its logs: %s", self.task_id, exc)
+                if not final:
+                    self._put_back(lines, dropped)  # the next write tries them again
+
+    def _put_back(self, lines: list[tuple[float, str, str]], dropped: int) -> None:
+        """Lines a write did not store, back before the newer ones (within the bound)."""
+        with self.lock:
+            newer = list(self.lines)
+            self.lines.clear()
+            self.size = 0
+            self.dropped += dropped
+            for at, stream, text in lines:
+                self._add(at, stream, text)
+            for at, stream, text, _ in newer:
+                self._add(at, stream, text)
 
 
 _current: contextvars.ContextVar[Buffer | None] = contextvars.ContextVar(
