@@ -18,11 +18,11 @@ import typer
 
 from accord.cli.common import StoreOpt, existing_store
 from accord.store.base import LogLine, Store
+from accord.store.records import TERMINAL
 
 # How often --follow looks for new lines (a running attempt's lines reach the
 # store every two seconds, accord.worker.capture.FLUSH_EVERY).
 POLL = 0.5
-_ENDED = ("succeeded", "failed", "cancelled")
 
 
 def register(cli: typer.Typer) -> None:
@@ -54,7 +54,7 @@ def logs(
         shown = _Shown(task_id, as_json)
         try:
             while True:
-                ended = not follow or s.task(task_id).state in _ENDED
+                ended = not follow or s.task(task_id).state in TERMINAL
                 shown.more(s, attempt)
                 if ended:
                     break

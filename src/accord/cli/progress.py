@@ -8,11 +8,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import typer
+
 from accord.cli.common import err
 from accord.tasks import Run, progress
 from accord.tasks.progress import troubles
 
-__all__ = ["Interrupted", "follow", "interruptible", "troubles", "with_timeout"]
+__all__ = ["Interrupted", "ended_badly", "follow", "interruptible", "troubles", "with_timeout"]
 
 
 def follow(
@@ -75,3 +77,17 @@ def interruptible() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def ended_badly(run: Run, exc: BaseException) -> typer.Exit:
+    """Say how a waited-on run ended without a value; the exit to raise:
+    4 when it was cancelled and nothing failed, else 1 (a run whose workflow
+    waited on a task that failed ends through a cancelled wait: it failed)."""
+    ended = run.info()
+    if ended.state == "cancelled" and not ended.counts.get("failed"):
+        err.print(
+            f"[yellow]run {run.id} was cancelled:[/yellow] {getattr(exc, 'reason', None) or exc}"
+        )
+        return typer.Exit(4)
+    err.print(f"[red]run {run.id} failed:[/red] {exc}", highlight=False)
+    return typer.Exit(1)

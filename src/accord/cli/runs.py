@@ -25,12 +25,19 @@ from accord.cli.common import (
     user_errors,
     when,
 )
-from accord.cli.progress import Interrupted, follow, interruptible, troubles, with_timeout
+from accord.cli.progress import (
+    Interrupted,
+    ended_badly,
+    follow,
+    interruptible,
+    troubles,
+    with_timeout,
+)
 from accord.cli.task import run_cause, task_tree
 from accord.errors import ConfigError, TaskError
 from accord.scheduling.report import live_nodes, unschedulable, unschedulable_reason
 from accord.store import DEFAULT_URL
-from accord.store.records import RunInfo, TaskInfo, TaskState
+from accord.store.records import TERMINAL, RunInfo, TaskInfo, TaskState
 from accord.tasks.registry import Runtime
 from accord.worker.embedded import Embedded
 
@@ -92,15 +99,7 @@ def run(
             )
             raise typer.Exit(3) from None
         except TaskError as exc:
-            # A run whose workflow waited on a task that failed ends through a
-            # cancelled wait: it failed. Cancelled means nothing failed.
-            ended = started.info()
-            if ended.state == "cancelled" and not ended.counts.get("failed"):
-                reason = getattr(exc, "reason", None) or exc
-                err.print(f"[yellow]run {started.id} was cancelled:[/yellow] {reason}")
-                raise typer.Exit(4) from None
-            err.print(f"[red]run {started.id} failed:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
+            raise ended_badly(started, exc) from None
         ended = started.info()
         if troubles(ended.counts, ""):
             err.print(
@@ -331,7 +330,7 @@ def events(
         out.print(table)
 
 
-RUN_STATES = ["running", "succeeded", "failed", "cancelled"]
+RUN_STATES = ["running", *TERMINAL]
 
 
 def _state(state: str | None, known: list[str]) -> str | None:

@@ -25,7 +25,7 @@ from accord.cli.common import (
     secs,
     when,
 )
-from accord.cli.progress import Interrupted, follow, interruptible
+from accord.cli.progress import Interrupted, ended_badly, follow, interruptible
 from accord.data import Objects
 from accord.errors import TaskError
 from accord.store import Store
@@ -227,12 +227,7 @@ def watch(
             err.print(f"stopped watching run {run_id}; it goes on", highlight=False)
             raise typer.Exit(130) from None
         except TaskError as exc:
-            ended = run.info()
-            if ended.state == "cancelled" and not ended.counts.get("failed"):
-                err.print(f"run {run_id} was cancelled: {getattr(exc, 'reason', None) or exc}")
-                raise typer.Exit(4) from None
-            err.print(f"[red]run {run_id} failed:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
+            raise ended_badly(run, exc) from None
         out.print_json(json.dumps(value, default=repr))
 
 

@@ -37,13 +37,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from accord.errors import ConfigError
-from accord.store.records import KvDelete
+from accord.store.records import TERMINAL, KvDelete
 from accord.store.sql.core import _OPEN_STATES, Conn, SqlBase, _Tx
 from accord.store.sql.leases import LeasesMixin
 from accord.store.sql.state_core import prefix_end
 
-ENDED = ("succeeded", "failed", "cancelled")
-_ENDED = "('succeeded', 'failed', 'cancelled')"
+ENDED = TERMINAL
+_ENDED = "(" + ", ".join(f"'{state}'" for state in TERMINAL) + ")"
 RUNS_PER_BATCH = 500
 # About this many tasks go in one transaction (a run with more goes alone).
 TASKS_PER_BATCH = 10_000
